@@ -1,0 +1,123 @@
+"""Conditioners: a condition -> ``buffer`` condition tokens ``(B, S, C)`` that prefix the sequence.
+
+Each conditioner also owns the learned "unconditional" embedding that classifier-free guidance
+mixes against, and the label dropout that trains it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch import nn
+
+from carl.hookspecs import hookimpl
+
+
+class Conditioner(nn.Module, ABC):
+    """Turns a batch of conditions into ``buffer`` tokens of width ``C``.
+
+    ``forward(condition, batch_size, drop)``: ``condition=None`` gives the unconditional tokens for
+    the whole batch; ``drop (B,)`` bool replaces the chosen rows by the unconditional embedding.
+    Constructors take ``(config, *, width)``.
+    """
+
+    buffer: int
+    drop_prob: float = 0.0
+
+    @abstractmethod
+    def forward(
+        self, condition: torch.Tensor | None, batch_size: int, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """-> condition tokens ``(B, buffer, C)``."""
+
+    def sample_drop(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Which rows to train unconditionally (label dropout), ``(B,)`` bool."""
+        gen_device = generator.device if generator is not None else device
+        return (torch.rand(batch_size, generator=generator, device=gen_device) < self.drop_prob).to(device)
+
+    def parse(self, values: list[str]) -> torch.Tensor | None:
+        """Conditions from command-line strings (``carl sample --labels``)."""
+        raise ValueError(f"{type(self).__name__} takes no conditions")
+
+    def grid_conditions(self, rows: int) -> torch.Tensor | None:
+        """One condition per row of a sample grid (``None``: unconditional rows)."""
+        return None
+
+
+@dataclass(frozen=True)
+class ClassConditionerConfig:
+    """``num_classes`` labels; ``buffer`` copies of the class embedding (64 in EAR/MAR);
+    ``label_drop``: share of training rows made unconditional (0.1 in EAR/MAR)."""
+
+    num_classes: int = 10
+    buffer: int = 64
+    label_drop: float = 0.1
+
+
+class ClassConditioner(Conditioner):
+    """Class labels ``(B,)`` long -> the class embedding repeated ``buffer`` times.
+
+    The unconditional embedding ``fake_latent`` stands in for dropped labels (names as in EAR/MAR).
+    """
+
+    Config = ClassConditionerConfig
+
+    def __init__(self, config: ClassConditionerConfig, *, width: int):
+        super().__init__()
+        self.config = config
+        self.buffer = config.buffer
+        self.drop_prob = config.label_drop
+        self.class_emb = nn.Embedding(config.num_classes, width)
+        self.fake_latent = nn.Parameter(torch.zeros(1, width))
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        nn.init.normal_(self.class_emb.weight, std=0.02)
+        nn.init.normal_(self.fake_latent, std=0.02)
+
+    def forward(self, condition, batch_size, drop=None):
+        if condition is None:
+            embedding = self.fake_latent.expand(batch_size, -1)
+        else:
+            if condition.min() < 0 or condition.max() >= self.config.num_classes:
+                raise ValueError(f"class labels must lie in [0, {self.config.num_classes}), got {condition.tolist()}")
+            embedding = self.class_emb(condition)  # (B, C)
+            if drop is not None:
+                embedding = torch.where(drop[:, None], self.fake_latent.to(embedding.dtype), embedding)
+        return repeat(embedding, "b c -> b s c", s=self.buffer)
+
+    def parse(self, values):
+        return torch.tensor([int(v) for v in values], dtype=torch.long)
+
+    def grid_conditions(self, rows):
+        return torch.arange(rows) % self.config.num_classes
+
+
+@dataclass(frozen=True)
+class NoConditionerConfig:
+    buffer: int = 1
+
+
+class NoConditioner(Conditioner):
+    """Unconditional models: ``buffer`` learned start tokens."""
+
+    Config = NoConditionerConfig
+
+    def __init__(self, config: NoConditionerConfig, *, width: int):
+        super().__init__()
+        self.config = config
+        self.buffer = config.buffer
+        self.start = nn.Parameter(torch.zeros(1, width))
+        nn.init.normal_(self.start, std=0.02)
+
+    def forward(self, condition, batch_size, drop=None):
+        return repeat(self.start, "1 c -> b s c", b=batch_size, s=self.buffer)
+
+
+@hookimpl
+def register_conditioners(register):
+    register("class", ClassConditioner)
+    register("none", NoConditioner)

@@ -1,0 +1,288 @@
+"""Recipes: YAML validated once into frozen dataclasses.
+
+A recipe has five sections: ``model`` (the five parts), ``data``, ``train``, ``sample`` and
+``output``. Components are chosen by registered name (``score: {name: energy, alpha: 1.0}``);
+the registered class's own ``Config`` dataclass validates the remaining keys. Every error names
+the offending key path and, for unknown keys and names, the valid choices. No dicts travel past
+this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from carl.plugins import CarlError, recipe_files, registry
+
+
+class RecipeError(CarlError):
+    """A recipe key, value or component name is wrong."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: its name and its own validated config dataclass."""
+
+    name: str
+    options: Any = None
+
+    def build(self, kind: str, **context: Any) -> Any:
+        return registry(kind).get(self.name)(self.options, **context)
+
+
+def component(kind: str, default: str | None = None) -> Any:
+    meta = {"registry": kind}
+    if default is None:
+        return field(metadata=meta)
+    return field(default_factory=lambda: Component(default, _options_class(kind, default)()), metadata=meta)
+
+
+def _options_class(kind: str, name: str) -> type:
+    cls = registry(kind).get(name)
+    return getattr(cls, "Config", _NoOptions)
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe tree
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The transformer: ``width``-wide, ``depth`` blocks, ``heads`` attention heads."""
+
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    tokenizer: Component = component("tokenizers")
+    conditioner: Component = component("conditioners", "none")
+    order: Component = component("orders", "masked")
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    score: Component = component("scores", "energy")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``lr`` = ``base_lr`` x ``global_batch`` / 256 unless ``lr`` is given."""
+
+    seed: int = 0
+    global_batch: int = 64
+    micro_batch: int | None = None  # per device and step; None: global_batch / processes
+    epochs: float = 10.0
+    max_steps: int | None = None  # overrides epochs
+    base_lr: float = 1e-4
+    lr: float | None = None
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 3.0
+    head_lr_scale: float = 1.0
+    ema_decay: float = 0.9999
+    # (from_epoch, temperature) pairs, e.g. [[0, 1.0], [750, 0.99]]: EAR's last 50 epochs at 0.99
+    train_temperature: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    num_workers: int = 0
+    log_every: int = 20
+    sample_every: int | None = 500
+    checkpoint_every: int | None = 500
+    keep_checkpoints: int = 2
+    tracker: Literal["tensorboard", "none"] = "tensorboard"
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Generation defaults, used by ``carl sample`` and the training-time sample grids."""
+
+    num_steps: int = 64
+    cfg: float = 1.0
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    temperature: float = 1.0
+    per_row: int = 8
+    rows: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: Component = component("datasets")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    output: str = "runs/default"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Validate ``data`` (parsed YAML) into dataclass ``cls``; errors name the key path."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise RecipeError(_unknown_key(key, path, list(fields)))
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        sub = f"{path}.{name}" if path else name
+        if "registry" in f.metadata:
+            values[name] = _component(f.metadata["registry"], data[name], sub)
+        else:
+            values[name] = _coerce(hints[name], data[name], sub)
+    missing = [n for n, f in fields.items() if n not in values and _has_no_default(f)]
+    if missing:
+        raise RecipeError(f"{_join(path, missing[0])}: required key is missing")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{path or 'recipe'}: {exc}") from exc
+
+
+def _has_no_default(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown_key(key: str, path: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown recipe key '{_join(path, str(key))}'{hint}; valid keys: {', '.join(valid)}"
+
+
+def _component(kind: str, data: Any, path: str) -> Component:
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict) or "name" not in data:
+        raise RecipeError(f"{path}: expected a mapping with a 'name' key (available: {', '.join(registry(kind).names())})")
+    options = dict(data)
+    name = options.pop("name")
+    try:
+        cls = registry(kind).get(name)
+    except KeyError as exc:
+        raise RecipeError(f"{path}.name: {exc}") from exc
+    config_cls = getattr(cls, "Config", _NoOptions)
+    return Component(name, from_dict(config_cls, options, path))
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, path)
+            except RecipeError as exc:
+                errors.append(str(exc))
+        raise RecipeError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{path}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    if tp is Any:
+        return value
+    raise RecipeError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation, files, overrides
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain (YAML/JSON-ready) form of a config tree; inverse of :func:`from_dict`."""
+    if isinstance(obj, Component):
+        return {"name": obj.name, **to_dict(obj.options)}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a parsed recipe."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override '{item}' is not of the form key.path=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if isinstance(child, str):  # `score: energy` shorthand
+                child = node[part] = {"name": child}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``carl recipes list``)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = recipe_files()
+    name = path.name.removesuffix(".yaml")
+    if name in shipped:
+        return shipped[name]
+    raise RecipeError(f"no recipe file or shipped recipe named '{recipe}'; shipped recipes: {', '.join(shipped) or '(none)'}")
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load, override and validate a recipe given by path or shipped name."""
+    path = resolve_recipe_path(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    data.setdefault("output", f"runs/{path.stem}")
+    return from_dict(RecipeConfig, apply_overrides(data, list(overrides)))
+
+
+def dump_recipe(cfg: RecipeConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,45 @@
+"""The hook specifications every carl plugin implements a subset of.
+
+Each ``register_*`` hook receives a ``register(name, obj)`` callback. carl's own built-ins
+register through these very hooks, so a third-party plugin is a first-class citizen.
+"""
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("carl")
+hookimpl = HookimplMarker("carl")
+
+
+@hookspec
+def register_tokenizers(register):
+    """Register Tokenizer subclasses: ``register("patch", PatchTokenizer)``."""
+
+
+@hookspec
+def register_orders(register):
+    """Register Order subclasses: ``register("masked", MaskedOrder)``."""
+
+
+@hookspec
+def register_scores(register):
+    """Register ScoringRule subclasses: ``register("energy", EnergyScore)``."""
+
+
+@hookspec
+def register_conditioners(register):
+    """Register Conditioner subclasses: ``register("class", ClassConditioner)``."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register DataSource subclasses that training reads: ``register("images", ImageData)``."""
+
+
+@hookspec
+def register_recipes(register):
+    """Register folders of recipe YAML files: ``register("image_ear", Path(...))``."""
+
+
+@hookspec
+def register_commands(app):
+    """Add typer commands or sub-apps to the ``carl`` CLI ``app``."""

@@ -1,0 +1,219 @@
+"""ContinuousAR: tokenizer + conditioner + order + backbone + scoring rule."""
+
+import json
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from tqdm.auto import tqdm
+
+from carl.backbone import Backbone
+from carl.config import ModelConfig, from_dict, to_dict
+from carl.orders.base import Plan
+from carl.scores.base import Guidance
+
+
+def _model_config_from_json(data: Any) -> ModelConfig:
+    return from_dict(ModelConfig, json.loads(data) if isinstance(data, str) else data, "config")
+
+
+class ContinuousAR(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="carl",
+    tags=["continuous-autoregression"],
+    coders={ModelConfig: (to_dict, _model_config_from_json)},
+):
+    """A continuous autoregressive model.
+
+    Training: ``loss(batch)`` encodes the data (or takes cached ``tokens``), asks the order for a
+    plan, runs the backbone over ``[condition tokens ; tokens]`` and scores the hidden states of
+    the target positions only. Generation: ``generate(condition, ...)`` follows the order's
+    schedule, samples the next tokens from the scoring rule (with classifier-free guidance when
+    ``cfg != 1``) and decodes them.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = config.tokenizer.build("tokenizers")
+        self.tokenizer.requires_grad_(False)
+        self.order = config.order.build("orders")
+        self.conditioner = config.conditioner.build("conditioners", width=config.backbone.width)
+        self.backbone = Backbone(
+            config.backbone,
+            token_dim=self.tokenizer.token_dim,
+            buffer=self.conditioner.buffer,
+            seq_len=self.tokenizer.num_tokens,
+            mask_token=self.order.attention == "bidirectional",
+            query_next=self.order.query_next,
+        )
+        self.score = config.score.build("scores", hidden_dim=config.backbone.width, token_dim=self.tokenizer.token_dim)
+
+    # ------------------------------------------------------------------------------------------
+    # training
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters without weight decay beyond biases and norms (positions, mask token, ...)."""
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    @torch.no_grad()
+    def encode(self, batch: dict) -> torch.Tensor:
+        """The batch's tokens ``(B, N, D)``: cached ``tokens`` or the tokenizer's encoding of ``data``."""
+        if "tokens" in batch:
+            return batch["tokens"].float()
+        return self.tokenizer.encode(batch["data"])
+
+    def loss(self, batch: dict, plan: Plan | None = None) -> torch.Tensor:
+        """Mean loss over the target tokens of ``batch`` (keys ``data`` or ``tokens``, optional ``condition``)."""
+        tokens = self.encode(batch)
+        b, n, _ = tokens.shape
+        plan = plan or self.order.plan(b, n, device=tokens.device)
+        drop = self.conditioner.sample_drop(b, tokens.device) if self.training else None
+        cond = self.conditioner(batch.get("condition"), b, drop)
+        hidden, targets = self.hidden_at_targets(tokens, cond, plan)
+        return self.score.loss(hidden, targets).mean()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The training loss; ``forward`` so that DDP/FSDP wrappers and autocast see the call."""
+        return self.loss(batch)
+
+    def hidden_at_targets(self, tokens: torch.Tensor, cond: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``(T, C)`` at the plan's targets and the target tokens ``(T, D)``."""
+        if self.order.attention == "bidirectional":
+            hidden = self._hidden_bidirectional(tokens, cond, plan.known)
+            return hidden[plan.targets], tokens[plan.targets]
+        ordered = torch.gather(tokens, 1, plan.order[..., None].expand_as(tokens))  # (B, N, D) in generation order
+        hidden = self._hidden_causal(ordered, cond, plan.order)
+        return hidden.flatten(0, 1), ordered.flatten(0, 1)
+
+    def _hidden_bidirectional(self, tokens: torch.Tensor, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Known tokens and mask tokens attend to each other; returns ``(B, N, C)`` (buffer dropped)."""
+        bb = self.backbone
+        x = bb.token_proj(tokens)  # (B, N, C)
+        x = torch.where(known[..., None], x, bb.mask_token.to(x.dtype))
+        x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.pos_embed  # (B, S + N, C)
+        return bb(x, causal=False)[:, bb.buffer :]
+
+    def _causal_inputs(self, ordered: torch.Tensor, positions: torch.Tensor, next_positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(B, L, C)`` at their positions, plus (random orders) the query of the
+        position each input predicts next."""
+        bb = self.backbone
+        x = bb.token_proj(ordered) + bb.pos_embed[0, bb.buffer :][positions]
+        if bb.query_embed is not None:
+            x = x + bb.query_embed[0][next_positions]
+        return x
+
+    def _prefix(self, cond: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Condition tokens with their positions; the last one also queries the first position to generate."""
+        bb = self.backbone
+        prefix = cond + bb.pos_embed[:, : bb.buffer]
+        if bb.query_embed is not None:
+            prefix = torch.cat([prefix[:, :-1], prefix[:, -1:] + bb.query_embed[0][first][:, None]], dim=1)
+        return prefix
+
+    def _hidden_causal(self, ordered: torch.Tensor, cond: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ``hidden[:, i]`` sees the condition and ``ordered[:, :i]``; returns ``(B, N, C)``."""
+        bb = self.backbone
+        inputs = self._causal_inputs(ordered[:, :-1], order[:, :-1], order[:, 1:])
+        x = torch.cat([self._prefix(cond, order[:, 0]), inputs], dim=1)
+        return bb(x, causal=True)[:, bb.buffer - 1 :]
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        condition: torch.Tensor | None = None,
+        *,
+        batch_size: int | None = None,
+        num_steps: int = 64,
+        cfg: float = 1.0,
+        cfg_schedule: str = "linear",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_tokens: bool = False,
+    ) -> torch.Tensor:
+        """Generate a batch: decoded data, or tokens ``(B, N, D)`` with ``return_tokens``.
+
+        Args:
+            condition: one condition per sample (class labels ``(B,)``), or None for unconditional.
+            batch_size: number of samples when ``condition`` is None.
+            num_steps: generation steps for masked orders (causal orders always take N steps).
+            cfg: classifier-free guidance scale (1: none).
+            cfg_schedule: ``linear`` (scale grows with the share of known tokens, as in MAR/EAR) or ``constant``.
+            temperature: the scoring rule's sampling temperature.
+            generator: seeds the order and the sampling noise.
+            progress: show a progress bar over generation steps.
+        """
+        if cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if condition is None and batch_size is None:
+            raise ValueError("give either condition or batch_size")
+        device = self.backbone.pos_embed.device
+        if condition is not None:
+            condition = condition.to(device)
+            batch_size = len(condition)
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self.conditioner(condition, batch_size)
+            if cfg != 1.0:  # conditional rows first, unconditional rows after them
+                cond = torch.cat([cond, self.conditioner(None, batch_size)], dim=0)
+            n = self.tokenizer.num_tokens
+            order = self.order.generation_order(batch_size, n, generator, device)
+            schedule = self.order.schedule(n, num_steps)
+            steps = tqdm(schedule, desc="generating", leave=False, disable=not progress)
+            sampler = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, generator=generator)
+            if self.order.attention == "bidirectional":
+                tokens = self._generate_bidirectional(cond, order, steps, **sampler)
+            else:
+                tokens = self._generate_causal(cond, order, steps, **sampler)
+        finally:
+            self.train(was_training)
+        return tokens if return_tokens else self.tokenizer.decode(tokens)
+
+    def _sample(self, hidden, known_after, *, cfg, cfg_schedule, temperature, generator) -> torch.Tensor:
+        """One scoring-rule draw per conditional row; the second half of ``hidden`` is unconditional under CFG."""
+        guidance = None
+        if cfg != 1.0:
+            hidden, uncond = hidden.chunk(2, dim=0)
+            share = known_after / self.tokenizer.num_tokens
+            scale = 1.0 + (cfg - 1.0) * share if cfg_schedule == "linear" else cfg
+            guidance = Guidance(uncond=uncond, scale=scale)
+        return self.score.sample(hidden, temperature=temperature, guidance=guidance, generator=generator)
+
+    def _generate_bidirectional(self, cond, order, steps, **sampler) -> torch.Tensor:
+        batch, n, d = order.shape[0], self.tokenizer.num_tokens, self.tokenizer.token_dim
+        rows = cond.shape[0] // batch  # 2 under CFG
+        ranks = order.argsort(dim=-1)  # (B, N): step index at which each position is written
+        tokens = cond.new_zeros(batch, n, d, dtype=torch.float32)
+        known_before = 0
+        for known_after in steps:
+            known = ranks < known_before
+            hidden = self._hidden_bidirectional(tokens.repeat(rows, 1, 1), cond, known.repeat(rows, 1))
+            new = (ranks >= known_before) & (ranks < known_after)  # (B, N), the same count per row
+            picked = hidden[new.repeat(rows, 1)]  # (rows * B * k, C), conditional rows first
+            tokens[new] = self._sample(picked, known_after, **sampler)
+            known_before = known_after
+        return tokens
+
+    def _generate_causal(self, cond, order, steps, **sampler) -> torch.Tensor:
+        batch, n, d = order.shape[0], self.tokenizer.num_tokens, self.tokenizer.token_dim
+        rows = cond.shape[0] // batch
+        order_rows = order.repeat(rows, 1)
+        cache = self.backbone.new_cache(cond.shape[0], like=cond)
+        hidden = self.backbone(self._prefix(cond, order_rows[:, 0]), causal=True, cache=cache)[:, -1]
+        ordered = cond.new_zeros(batch, n, d, dtype=torch.float32)
+        for i, known_after in enumerate(steps):
+            ordered[:, i] = self._sample(hidden, known_after, **sampler)
+            if i + 1 < n:
+                token = ordered[:, i : i + 1].repeat(rows, 1, 1).to(cond.dtype)
+                x = self._causal_inputs(token, order_rows[:, i : i + 1], order_rows[:, i + 1 : i + 2])
+                hidden = self.backbone(x, causal=True, cache=cache)[:, -1]
+        tokens = torch.empty_like(ordered)
+        tokens.scatter_(1, order[..., None].expand_as(ordered), ordered)
+        return tokens

@@ -1,0 +1,74 @@
+"""The Order interface: which tokens are known when each token is predicted."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A training plan for a batch.
+
+    ``order``: ``(B, N)`` long, a permutation per row; ``order[b, i]`` is the position generated
+    i-th. ``known``: ``(B, N)`` bool indexed by *position*; the positions not known are the
+    targets of the loss. Causal-attention orders know nothing up front: every token is a target,
+    predicted from the tokens before it in ``order`` (teacher forcing).
+    """
+
+    order: torch.Tensor
+    known: torch.Tensor
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return ~self.known
+
+
+class Order(ABC):
+    """A generation order: the training plan and the generation schedule.
+
+    ``attention`` is ``"causal"`` (each token attends to the tokens before it in the order; KV
+    cache at generation) or ``"bidirectional"`` (known tokens and mask tokens attend to each other).
+    ``query_next`` asks the model to add, at each causal step, the embedding of the position it
+    predicts next (needed when the order is not fixed: sigma-GPT, RAR). Orders are pure: all
+    randomness comes from the ``torch.Generator`` passed in.
+    """
+
+    attention: ClassVar[Literal["causal", "bidirectional"]]
+    query_next: ClassVar[bool] = False
+
+    @abstractmethod
+    def plan(
+        self, batch_size: int, seq_len: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> Plan:
+        """A training plan for ``batch_size`` sequences of ``seq_len`` tokens."""
+
+    @abstractmethod
+    def schedule(self, seq_len: int, num_steps: int) -> list[int]:
+        """How many tokens are known after each generation step: strictly increasing, ending at ``seq_len``."""
+
+    def generation_order(
+        self, batch_size: int, seq_len: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """The ``(B, N)`` order in which generation writes positions."""
+        return self.plan(batch_size, seq_len, generator, device).order
+
+
+def random_permutations(
+    batch_size: int, seq_len: int, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """``(B, N)`` independent uniform permutations from one vectorized call."""
+    gen_device = generator.device if generator is not None else device
+    noise = torch.rand(batch_size, seq_len, generator=generator, device=gen_device)
+    return noise.argsort(dim=-1).to(device)
+
+
+def identity_order(batch_size: int, seq_len: int, device: torch.device | str) -> torch.Tensor:
+    return torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+
+
+def one_per_step(seq_len: int) -> list[int]:
+    return list(range(1, seq_len + 1))

@@ -1,0 +1,12 @@
+"""Generic tokenizers; modality tokenizers come from plugins."""
+
+from carl.hookspecs import hookimpl
+from carl.tokenizers.base import Tokenizer
+from carl.tokenizers.patch import PatchTokenizer, PatchTokenizerConfig
+
+__all__ = ["Tokenizer", "PatchTokenizer", "PatchTokenizerConfig"]
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("patch", PatchTokenizer)

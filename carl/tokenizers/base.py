@@ -1,0 +1,39 @@
+"""The Tokenizer interface: data <-> continuous tokens ``(B, N, D)``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class Tokenizer(nn.Module, ABC):
+    """Maps a batch of data to continuous tokens ``(B, N, D)`` and back.
+
+    Subclasses set ``token_dim`` (D) and ``num_tokens`` (N) in ``__init__`` from their
+    ``Config`` and take that config as their only constructor argument. A tokenizer carries
+    its own normalisation, so that the tokens it emits are roughly zero-mean and unit-scale and
+    ``decode(encode(x))`` gives back ``x``. Tokenizers are frozen: carl never trains them.
+
+    State that ``fit`` estimates (normalisation statistics) lives in buffers, so it is saved and
+    restored with the model weights.
+    """
+
+    token_dim: int
+    num_tokens: int
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data batch ``x`` -> tokens ``(B, N, D)``, float32."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, N, D)`` -> data batch shaped like the input of :meth:`encode`."""
+
+    def fit(self, x: torch.Tensor) -> None:
+        """Estimate data-dependent state (e.g. normalisation) from a sample batch; default: nothing."""
+
+    @property
+    def needs_fit(self) -> bool:
+        return False
