@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Array2D, Dataset, Features, Value
 
 from carl.hookspecs import hookimpl
 
@@ -70,7 +70,8 @@ class ToySequences(DataSource):
 
     def dataset(self, split: str = "train") -> Dataset:
         points, labels = self.arrays()
-        return Dataset.from_dict({"data": points, "condition": labels}).with_format("torch")
+        features = Features({"data": Array2D(points.shape[1:], "float32"), "condition": Value("int64")})
+        return Dataset.from_dict({"data": points, "condition": labels}, features=features).with_format("torch")
 
 
 @hookimpl

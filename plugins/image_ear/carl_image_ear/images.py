@@ -1,0 +1,93 @@
+"""Image data sources: the embedded MNIST digits, Hub image datasets and local image folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Array3D, ClassLabel, Dataset, Features, Image as ImageFeature, Value, load_dataset
+from einops import rearrange, repeat
+from PIL import Image
+
+from carl.data import DataSource
+from carl_image_ear.mnist import mnist_arrays
+
+EMBEDDED = "mnist"
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """``source``: ``mnist`` (the embedded digits), a Hub dataset name (``ylecun/mnist``) or a
+    local folder of ``<class>/<image>`` files. Images are centre-cropped and resized to
+    ``image_size`` with ``channels`` (1 grey, 3 RGB), values in [0, 1]."""
+
+    source: str = EMBEDDED
+    split: str = "train"
+    image_size: int = 28
+    channels: int = 1
+
+
+class ImageData(DataSource):
+    """Labelled images as ``{"data": (C, H, W) float in [0, 1], "condition": label}``."""
+
+    Config = ImageDataConfig
+
+    def __init__(self, config: ImageDataConfig):
+        if config.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {config.channels}")
+        self.config = config
+
+    def dataset(self, split: str | None = None) -> Dataset:
+        split = split or self.config.split
+        if self.config.source == EMBEDDED:
+            return self._embedded(split)
+        return self._external(split)
+
+    def _embedded(self, split: str) -> Dataset:
+        images, labels = mnist_arrays(split)
+        if self.config.image_size != 28 or self.config.channels != 1:
+            images = np.stack([self._prepare(Image.fromarray(im)) for im in images])
+        else:
+            images = images[:, None].astype(np.float32) / 255.0
+        features = Features({"data": Array3D(images.shape[1:], "float32"), "condition": Value("int64")})
+        table = Dataset.from_dict({"data": images, "condition": labels.astype(np.int64)}, features=features)
+        return table.with_format("torch")
+
+    def _external(self, split: str) -> Dataset:
+        source = self.config.source
+        if Path(source).is_dir():
+            table = load_dataset("imagefolder", data_dir=source, split=split)
+        else:
+            table = load_dataset(source, split=split)
+        image_col = next((k for k, f in table.features.items() if isinstance(f, ImageFeature)), None)
+        label_col = next((k for k, f in table.features.items() if isinstance(f, ClassLabel)), None)
+        if image_col is None:
+            raise ValueError(f"dataset '{source}' has no image column; columns: {', '.join(table.column_names)}")
+
+        def transform(batch: dict) -> dict:
+            out = {"data": torch.from_numpy(np.stack([self._prepare(im) for im in batch[image_col]]))}
+            if label_col is not None:
+                out["condition"] = torch.as_tensor(batch[label_col], dtype=torch.long)
+            return out
+
+        table.set_transform(transform)
+        return table
+
+    def _prepare(self, image: Image.Image) -> np.ndarray:
+        """Centre crop to a square, resize, convert to ``(C, H, W)`` float32 in [0, 1]."""
+        image = image.convert("L" if self.config.channels == 1 else "RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        size = self.config.image_size
+        image = image.resize((size, size), Image.BICUBIC)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return array[None] if array.ndim == 2 else rearrange(array, "h w c -> c h w")
+
+    def render(self, data: torch.Tensor) -> np.ndarray:
+        pictures = (data.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (B, C, H, W)
+        if pictures.shape[1] == 1:
+            return repeat(pictures, "b 1 h w -> b h w c", c=3)
+        return rearrange(pictures, "b c h w -> b h w c")

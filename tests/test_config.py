@@ -1,0 +1,90 @@
+import pytest
+
+from carl.config import RecipeConfig, RecipeError, apply_overrides, dump_recipe, from_dict, load_recipe, to_dict
+from carl.plugins import recipe_files
+from carl.scores import EnergyScoreConfig
+
+
+def base() -> dict:
+    return {
+        "model": {
+            "tokenizer": {"name": "patch", "shape": [8, 2], "patch": [1]},
+            "score": {"name": "energy", "alpha": 1.5},
+        },
+        "data": {"name": "toy"},
+    }
+
+
+def test_valid_recipe_builds_typed_tree():
+    cfg = from_dict(RecipeConfig, base())
+    assert isinstance(cfg.model.score.options, EnergyScoreConfig) and cfg.model.score.options.alpha == 1.5
+    assert cfg.model.order.name == "masked"  # default
+    assert from_dict(RecipeConfig, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_names_path_and_valid_keys():
+    data = base()
+    data["train"] = {"lrr": 1e-4}
+    with pytest.raises(RecipeError) as err:
+        from_dict(RecipeConfig, data)
+    message = str(err.value)
+    assert "'train.lrr'" in message and "did you mean 'lr'" in message and "base_lr" in message
+
+
+def test_unknown_component_option_names_path():
+    data = base()
+    data["model"]["score"]["alfa"] = 1.0
+    with pytest.raises(RecipeError, match=r"model\.score\.alfa.*valid keys: alpha"):
+        from_dict(RecipeConfig, data)
+
+
+def test_unknown_component_lists_available():
+    data = base()
+    data["model"]["order"] = {"name": "zigzag"}
+    with pytest.raises(RecipeError, match=r"model\.order\.name: unknown order 'zigzag'; available: causal, masked, random"):
+        from_dict(RecipeConfig, data)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,match",
+    [
+        ("train", "global_batch", "many", r"train\.global_batch: expected int, got str"),
+        ("train", "betas", [0.9], r"train\.betas: expected 2 values"),
+        ("train", "lr_schedule", "linear", r"train\.lr_schedule: 'linear' is not one of 'constant', 'cosine'"),
+        ("sample", "cfg", True, r"sample\.cfg: expected float, got bool"),
+    ],
+)
+def test_wrong_types(section, key, value, match):
+    data = base()
+    data[section] = {key: value}
+    with pytest.raises(RecipeError, match=match):
+        from_dict(RecipeConfig, data)
+
+
+def test_invalid_value_inside_component():
+    data = base()
+    data["model"]["score"]["alpha"] = 3.0
+    with pytest.raises(RecipeError, match=r"model\.score: alpha must lie in \(0, 2\]"):
+        from_dict(RecipeConfig, data)
+
+
+def test_overrides():
+    data = apply_overrides(base(), ["train.lr=1e-4", "model.score.alpha=1.2", "model.order=causal", "sample.cfg=3"])
+    cfg = from_dict(RecipeConfig, data)
+    assert cfg.train.lr == 1e-4 and cfg.model.score.options.alpha == 1.2 and cfg.sample.cfg == 3.0
+    assert cfg.model.order.name == "causal"
+    with pytest.raises(RecipeError, match="key.path=value"):
+        apply_overrides(base(), ["train.lr"])
+
+
+def test_shipped_recipes_validate_and_round_trip():
+    recipes = recipe_files()
+    assert "tiny" in recipes
+    for name in recipes:
+        cfg = load_recipe(name)
+        assert from_dict(RecipeConfig, __import__("yaml").safe_load(dump_recipe(cfg))) == cfg
+
+
+def test_unknown_recipe_lists_shipped():
+    with pytest.raises(RecipeError, match="shipped recipes: .*tiny"):
+        load_recipe("no-such-recipe")

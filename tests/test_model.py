@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from carl.model import ContinuousAR
+from carl.plugins import registry
+from carl.scores.base import Guidance
+
+from helpers import tiny_model_config
+
+
+def batch(b=4):
+    g = torch.Generator().manual_seed(0)
+    return {"data": torch.randn(b, 8, 2, generator=g), "condition": torch.arange(b) % 4}
+
+
+@pytest.mark.parametrize("name", registry("scores").names())
+def test_scoring_rule_contract(name):
+    cls = registry("scores").get(name)
+    torch.manual_seed(0)
+    score = cls(cls.Config(), hidden_dim=16, token_dim=3)
+    for p in score.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    loss = score.loss(hidden, torch.randn(7, 3))
+    assert loss.shape == (7,) and loss.dtype == torch.float32 and torch.isfinite(loss).all()
+    loss.mean().backward()
+    assert hidden.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in score.parameters() if p.requires_grad)
+    draw = lambda **kw: score.sample(hidden.detach(), generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    assert draw().shape == (7, 3)
+    torch.testing.assert_close(draw(), draw())
+    torch.testing.assert_close(draw(guidance=Guidance(torch.randn(7, 16), 1.0)), draw())
+    assert isinstance(score.strictly_proper, bool)
+
+
+@pytest.mark.parametrize("order", registry("orders").names())
+@pytest.mark.parametrize("conditioner", ["class", "none"])
+def test_loss_and_generate_for_every_order(order, conditioner):
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config(order, conditioner=conditioner))
+    for p in model.score.parameters():  # the generator's output starts at zero, which blocks gradients upstream
+        torch.nn.init.normal_(p, std=0.2)
+    loss = model(batch())
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.backbone.token_proj.weight.grad.abs().sum() > 0
+    condition = torch.tensor([0, 3]) if conditioner == "class" else None
+    cfg = 2.0 if conditioner == "class" else 1.0
+    out = model.generate(condition, batch_size=2, num_steps=4, cfg=cfg, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, 8, 2) and torch.isfinite(out).all()
+    again = model.generate(condition, batch_size=2, num_steps=4, cfg=cfg, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, again)
+    assert model.training  # generate restores the mode
+
+
+def test_loss_is_computed_on_targets_only(monkeypatch):
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config("masked"))
+    plan = model.order.plan(4, 8, torch.Generator().manual_seed(3))
+    shapes = []
+    original = model.score.loss
+    monkeypatch.setattr(model.score, "loss", lambda h, t: shapes.append(h.shape) or original(h, t))
+    model.loss(batch(), plan)
+    assert shapes == [(int(plan.targets.sum()), 16)]
+
+
+def test_known_tokens_change_hidden_states_but_targets_do_not():
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config("masked")).eval()
+    tokens = torch.randn(1, 8, 2)
+    known = torch.tensor([[True, True, False, False, True, False, False, False]])
+    cond = model.conditioner(torch.tensor([1]), 1)
+    base = model._hidden_bidirectional(tokens, cond, known)
+    changed_target = tokens.clone()
+    changed_target[0, 2] += 5
+    torch.testing.assert_close(model._hidden_bidirectional(changed_target, cond, known), base)
+    changed_known = tokens.clone()
+    changed_known[0, 0] += 5
+    assert not torch.allclose(model._hidden_bidirectional(changed_known, cond, known), base)
+
+
+def test_linear_cfg_schedule_reaches_full_scale(monkeypatch):
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config("masked"))
+    scales = []
+    original = model.score.sample
+    monkeypatch.setattr(model.score, "sample", lambda h, **kw: scales.append(kw["guidance"].scale) or original(h, **kw))
+    model.generate(torch.tensor([0]), num_steps=4, cfg=3.0)
+    schedule = model.order.schedule(8, 4)
+    assert scales == pytest.approx([1 + 2.0 * k / 8 for k in schedule]) and scales[-1] == 3.0
+    scales.clear()
+    model.generate(torch.tensor([0]), num_steps=4, cfg=3.0, cfg_schedule="constant")
+    assert scales == [3.0] * 4
+
+
+def test_label_dropout_uses_unconditional_embedding():
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config("masked"))
+    labels = torch.tensor([0, 1])
+    dropped = model.conditioner(labels, 2, drop=torch.tensor([True, False]))
+    torch.testing.assert_close(dropped[0], model.conditioner(None, 1)[0])
+    torch.testing.assert_close(dropped[1], model.conditioner(labels, 2)[1])
+    with pytest.raises(ValueError, match="class labels must lie in"):
+        model.conditioner(torch.tensor([4]), 1)

@@ -1,0 +1,154 @@
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from carl import hookspecs
+from carl.hookspecs import hookimpl
+from carl.plugins import CarlError, load_plugins, plugin_infos, registry
+from carl.conditioners import ClassConditioner
+from carl.data import ToySequences
+from carl.scores import EnergyScore
+from carl.tokenizers import PatchTokenizer
+
+RECIPES = Path(__file__).parent / "data" / "recipes"
+
+
+class Throwaway:
+    """A plugin object registered in a fixture, implementing every hook with a small component."""
+
+    @staticmethod
+    @hookimpl
+    def register_tokenizers(register):
+        register("patch2", PatchTokenizer)
+
+    @staticmethod
+    @hookimpl
+    def register_scores(register):
+        register("energy2", EnergyScore)
+
+    @staticmethod
+    @hookimpl
+    def register_conditioners(register):
+        register("class2", ClassConditioner)
+
+    @staticmethod
+    @hookimpl
+    def register_datasets(register):
+        register("toy2", ToySequences)
+
+    @staticmethod
+    @hookimpl
+    def register_recipes(register):
+        register("throwaway", RECIPES)
+
+    @staticmethod
+    @hookimpl
+    def register_commands(app):
+        @app.command("hello")
+        def hello() -> None:
+            """Say hello from a plugin."""
+            print("hello from throwaway")
+
+
+@pytest.fixture
+def fresh():
+    yield
+    load_plugins(force=True)
+
+
+def test_builtins_register_through_the_hooks():
+    pm = load_plugins()
+    assert "carl.tokenizers" in {name for name, _ in pm.list_name_plugin()}
+    assert registry("tokenizers").owner("patch") == "carl.tokenizers"
+    assert {"causal", "random", "masked"} <= set(registry("orders").names())
+    assert {i.name for i in plugin_infos()} >= {"carl.scores", "carl.orders"}
+
+
+def test_registered_plugin_is_first_class(fresh, monkeypatch, tmp_path):
+    import carl.plugins as plugins
+
+    original = plugins._load_entry_points
+
+    def with_throwaway(pm, infos):
+        original(pm, infos)
+        pm.register(Throwaway, name="throwaway")
+        infos["throwaway"] = plugins.PluginInfo("throwaway", "0", "tests")
+
+    monkeypatch.setattr(plugins, "_load_entry_points", with_throwaway)
+    load_plugins(force=True)
+    assert registry("tokenizers").get("patch2") is PatchTokenizer
+    assert registry("tokenizers").owner("patch2") == "throwaway"
+    info = {i.name: i for i in plugin_infos()}["throwaway"]
+    assert info.provides["scores"] == ["energy2"] and info.provides["datasets"] == ["toy2"]
+    # A recipe built only from the plugin's names trains like any other.
+    from carl.config import load_recipe
+    from carl.train import train
+
+    cfg = load_recipe("throwaway-tiny", ["train.max_steps=3", "train.checkpoint_every=null"])
+    assert cfg.model.score.name == "energy2" and cfg.data.name == "toy2"
+    out = train(cfg, output=tmp_path / "run", progress=False)
+    assert (out / "model.safetensors").exists()
+    # ... and its CLI command is there.
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    plugins.register_commands(app)
+    result = CliRunner().invoke(app, ["hello"])
+    assert result.exit_code == 0 and "hello from throwaway" in result.output
+
+
+def test_duplicate_names_name_both_plugins(fresh, monkeypatch):
+    import carl.plugins as plugins
+
+    class Clash:
+        @staticmethod
+        @hookimpl
+        def register_orders(register):
+            register("masked", object)
+
+    def with_clash(pm, infos):
+        pm.register(Clash, name="clash")
+        infos["clash"] = plugins.PluginInfo("clash", "0", "tests")
+
+    monkeypatch.setattr(plugins, "_load_entry_points", with_clash)
+    with pytest.raises(CarlError, match="order 'masked' is registered twice: by plugin '.*' and by plugin '.*'"):
+        load_plugins(force=True)
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: energy"):
+        registry("scores").get("nope")
+
+
+def test_broken_entry_point_is_reported_and_others_load(fresh, monkeypatch, tmp_path):
+    import carl.plugins as plugins
+
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class EP:
+        name, value, dist = "broken", "broken_plugin", None
+
+        def load(self):
+            import importlib
+
+            return importlib.import_module("broken_plugin")
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [EP()])
+    monkeypatch.delenv("CARL_PLUGINS", raising=False)
+    with pytest.warns(UserWarning, match="carl plugin 'broken'.*missing dependency xyz"):
+        load_plugins(force=True)
+    info = {i.name: i for i in plugin_infos()}["broken"]
+    assert "missing dependency xyz" in info.error and "energy" in registry("scores").names()
+
+
+def test_every_hookspec_is_exercised_by_a_test():
+    specs = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+    sources = "".join(p.read_text() for p in Path(__file__).parents[1].rglob("test_*.py"))
+    missing = [name for name in specs if f"def {name}" not in sources]
+    assert not missing, f"hookspecs without a test that implements them: {missing}"
