@@ -1,8 +1,5 @@
 """ContinuousAR: tokenizer + conditioner + order + backbone + scoring rule."""
 
-import json
-from typing import Any
-
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
@@ -14,16 +11,11 @@ from carl.orders.base import Plan
 from carl.scores.base import Guidance
 
 
-def _model_config_from_json(data: Any) -> ModelConfig:
-    return from_dict(ModelConfig, json.loads(data) if isinstance(data, str) else data, "config")
-
-
 class ContinuousAR(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="carl",
     tags=["continuous-autoregression"],
-    coders={ModelConfig: (to_dict, _model_config_from_json)},
 ):
     """A continuous autoregressive model.
 
@@ -34,9 +26,12 @@ class ContinuousAR(
     ``cfg != 1``) and decodes them.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig | dict):
         super().__init__()
+        if isinstance(config, dict):  # from config.json; the Hub mixin decodes dataclasses only shallowly
+            config = from_dict(ModelConfig, config, "config")
         self.config = config
+        self._hub_mixin_config = to_dict(config)  # what save_pretrained writes to config.json
         self.tokenizer = config.tokenizer.build("tokenizers")
         self.tokenizer.requires_grad_(False)
         self.order = config.order.build("orders")

@@ -19,7 +19,8 @@ def mean_loss(model, data, seed=0):
     torch.manual_seed(seed)
     model.eval()
     with torch.no_grad():
-        return sum(model.loss(data[i * 64 : (i + 1) * 64]).item() for i in range(4)) / 4
+        chunks = [{k: v[i * 64 : (i + 1) * 64] for k, v in data.items()} for i in range(4)]
+        return sum(model.loss(chunk).item() for chunk in chunks) / 4
 
 
 def test_cli_trains_reloads_and_samples_reproducibly(tmp_path):
