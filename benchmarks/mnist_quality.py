@@ -125,10 +125,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, recipe = load_model(args.checkpoint)
+    model.to(args.device)
     s = recipe.sample
     cfg = s.cfg if args.cfg is None else args.cfg
     temperature = s.temperature if args.temperature is None else args.temperature
