@@ -87,7 +87,9 @@ class ClassConditioner(Conditioner):
             embedding = self.class_emb(condition)  # (B, C)
             if drop is not None:
                 embedding = torch.where(drop[:, None], self.fake_latent.to(embedding.dtype), embedding)
-        return repeat(embedding, "b c -> b s c", s=self.buffer)
+        # contiguous: a copy, not a view of the parameter (views of parameters made under no_grad
+        # still claim requires_grad, which confuses module trackers such as FlopCounterMode)
+        return repeat(embedding, "b c -> b s c", s=self.buffer).contiguous()
 
     def parse(self, values):
         return torch.tensor([int(v) for v in values], dtype=torch.long)
@@ -114,7 +116,7 @@ class NoConditioner(Conditioner):
         nn.init.normal_(self.start, std=0.02)
 
     def forward(self, condition, batch_size, drop=None):
-        return repeat(self.start, "1 c -> b s c", b=batch_size, s=self.buffer)
+        return repeat(self.start, "1 c -> b s c", b=batch_size, s=self.buffer).contiguous()
 
 
 @hookimpl

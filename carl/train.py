@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -92,6 +92,18 @@ def param_groups(model: ContinuousAR, train: TrainConfig, lr: float) -> list[dic
     ]
 
 
+def ema_update(decay: float):
+    """EMA with warm-up: the decay at update n is ``min(decay, (1 + n) / (10 + n))``, so a short run
+    is not dominated by its initial weights (0.999^1000 would still give them 37%)."""
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return update
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     done = sorted(p for p in (output / CHECKPOINTS).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
     return done[-1] if done else None
@@ -122,7 +134,7 @@ class Trainer:
         set_seed(train.seed)
         self.source, dataset = self._setup_data()
         self.model = self._setup_model(dataset)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay))
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(train.ema_decay))
         loader = self._setup_loader(dataset)
         self.steps_per_epoch = max(1, len(loader) // (self.accelerator.num_processes * self.batching.accumulation))
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
