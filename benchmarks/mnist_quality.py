@@ -102,16 +102,17 @@ def generate_digits(model, per_class: int, *, cfg: float, temperature: float, st
 
 def evaluate(model, cnn: DigitCNN, *, per_class: int, cfg: float, temperature: float, steps: int, seed: int = 0) -> dict:
     images, _ = mnist_arrays("heldout")
-    real = as_tensor(images)
-    half = len(real) // 2
-    _, real_feats = predict(cnn, real)
+    _, real_feats = predict(cnn, as_tensor(images))
+    # Interleaved halves: the archive is grouped by label, so contiguous halves would split the classes.
+    half_a, half_b = real_feats[0::2], real_feats[1::2]
     samples, labels, seconds = generate_digits(model, per_class, cfg=cfg, temperature=temperature, steps=steps, seed=seed)
     pred, gen_feats = predict(cnn, samples)
-    n = min(len(gen_feats), half)
+    n = min(len(gen_feats), len(half_a))
+    pick = torch.randperm(len(gen_feats), generator=torch.Generator().manual_seed(seed))[:n]  # all classes
     return {
         "accuracy": (pred == labels).float().mean().item(),
-        "fd_gen_real": frechet_distance(gen_feats[:n], real_feats[:n]),
-        "fd_real_real": frechet_distance(real_feats[half : half + n], real_feats[:n]),
+        "fd_gen_real": frechet_distance(gen_feats[pick], half_a[:n]),
+        "fd_real_real": frechet_distance(half_b[:n], half_a[:n]),
         "seconds_per_image": seconds,
         "samples": samples,
     }

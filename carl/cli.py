@@ -136,3 +136,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `accelerate launch -m carl.cli train RECIPE`
+    main()

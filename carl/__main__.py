@@ -1,0 +1,3 @@
+from carl.cli import main
+
+main()
