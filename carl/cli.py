@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import yaml
 
 from carl.plugins import CarlError
 
@@ -64,19 +63,15 @@ def sample(
     from carl.samples import generate_grid, save_grid
 
     model, recipe = load_model(checkpoint)
-    settings = recipe.sample
+    changes = dict(per_row=num, cfg=cfg, num_steps=steps, temperature=temperature, seed=seed)
+    settings = replace(recipe.sample, **{k: v for k, v in changes.items() if v is not None})
     conditions = None
     if labels:
-        parsed = model.conditioner.parse([v for v in labels.split(",") if v.strip()])
-        settings = replace(settings, rows=len(parsed))
-    changes = {k: v for k, v in dict(per_row=num, cfg=cfg, num_steps=steps, temperature=temperature, seed=seed).items() if v is not None}
-    settings = replace(settings, **changes)
-    if labels:
-        conditions = parsed.repeat_interleave(settings.per_row)
+        rows = model.conditioner.parse([v for v in labels.split(",") if v.strip()])
+        settings = replace(settings, rows=len(rows))
+        conditions = rows.repeat_interleave(settings.per_row)
     data = generate_grid(model, settings, conditions, progress=True)
-    source = recipe.data.build("datasets") if recipe.data is not None else None
-    saved = save_grid(source, data, settings.rows, out) if source is not None else None
-    if saved is None:
+    if save_grid(recipe.data.build("datasets"), data, settings.rows, out) is None:  # not picturable
         out = out.with_suffix(".pt")
         torch.save(data, out)
     typer.echo(f"wrote {out}")

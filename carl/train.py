@@ -284,7 +284,8 @@ class Trainer:
                     break
             epoch, skip = epoch + 1, 0
         bar.close()
-        if latest_checkpoint(self.output) is None or not latest_checkpoint(self.output).name.endswith(f"{self.step:07d}"):
+        last = latest_checkpoint(self.output)
+        if last is None or last.name != f"step-{self.step:07d}":
             self.save_checkpoint()
         self.sample_grid()
         return self.output
