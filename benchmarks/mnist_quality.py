@@ -146,7 +146,7 @@ def main() -> None:
 
     r = evaluate(model, cnn, per_class=args.per_class, cfg=cfg, temperature=temperature, steps=steps, seed=args.seed)
     print(f"model {args.checkpoint}: cfg {cfg}, temperature {temperature}, {steps} steps, {10 * args.per_class} samples")
-    print(f"| accuracy on generated | FD(gen, real) | FD(real, real) | s / image |")
+    print("| accuracy on generated | FD(gen, real) | FD(real, real) | s / image |")
     print(f"| {r['accuracy']:.2%} | {r['fd_gen_real']:.2f} | {r['fd_real_real']:.2f} | {r['seconds_per_image']:.4f} |")
 
 

@@ -32,10 +32,9 @@ def resolve_folder(checkpoint: str | Path, revision: str | None = None) -> Path:
 def load_model(checkpoint: str | Path, revision: str | None = None) -> tuple[ContinuousAR, RecipeConfig]:
     """The model of a folder or repo and its resolved recipe."""
     folder = resolve_folder(checkpoint, revision)
-    model = ContinuousAR.from_pretrained(folder)
     recipe_path = folder / RECIPE_FILE
-    if recipe_path.exists():
-        recipe = from_dict(RecipeConfig, yaml.safe_load(recipe_path.read_text()))
-    else:
+    if not recipe_path.exists():  # checked before the weights are read
         raise CarlError(f"{folder} has no {RECIPE_FILE}")
+    recipe = from_dict(RecipeConfig, yaml.safe_load(recipe_path.read_text()))
+    model = ContinuousAR.from_pretrained(folder)
     return model.eval(), recipe

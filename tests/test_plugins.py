@@ -1,6 +1,4 @@
 import inspect
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
