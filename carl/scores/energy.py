@@ -81,7 +81,7 @@ class EnergyScore(ScoringRule):
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         m, r = self.config.num_samples, self.config.batch_mul
         rows = m * r * hidden.shape[0]
-        draws = self.net(hidden.repeat(m * r, 1), self._noise(rows, hidden))
+        draws = self.net(hidden, self._noise(rows, hidden))
         draws = rearrange(draws.float(), "(m r t) d -> m r t d", m=m, r=r)  # (M, R, T, D)
         return energy_score(draws, target.float(), self.config.alpha, self.train_temperature).mean(0) * 2.0
 

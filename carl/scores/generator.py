@@ -66,9 +66,13 @@ class MLPGenerator(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, hidden: torch.Tensor, noise: torch.Tensor, shift_scale: float = 1.0) -> torch.Tensor:
-        """``hidden (M, C)``, ``noise (M, E)`` -> tokens ``(M, D)``. ``shift_scale`` multiplies the
-        residual blocks' AdaLN shift only: EAR's inference temperature."""
-        x = self.input_proj(hidden)
+        """``hidden (T, C)``, ``noise (K T, E)`` -> tokens ``(K T, D)``: K draws per hidden state,
+        row ``k T + t`` from ``hidden[t]``. ``shift_scale`` multiplies the residual blocks' AdaLN
+        shift only: EAR's inference temperature."""
+        draws, rest = divmod(noise.shape[0], hidden.shape[0])
+        if rest:
+            raise ValueError(f"{noise.shape[0]} noise rows are not a multiple of {hidden.shape[0]} hidden states")
+        x = self.input_proj(hidden).repeat(draws, 1)  # project once, not once per draw
         y = self.noise_embed(noise)
         for block in self.res_blocks:
             x = block(x, y, shift_scale)
