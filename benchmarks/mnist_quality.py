@@ -61,6 +61,8 @@ def train_classifier(seed: int = 0, epochs: int = 20) -> DigitCNN:
     torch.manual_seed(seed)
     cnn = DigitCNN()
     opt = torch.optim.Adam(cnn.parameters(), lr=1e-3)
+    steps_per_epoch = (len(x) + 63) // 64
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
@@ -69,6 +71,7 @@ def train_classifier(seed: int = 0, epochs: int = 20) -> DigitCNN:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
     return cnn.eval()
 
 

@@ -278,13 +278,45 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
     raise RecipeError(f"no recipe file or shipped recipe named '{recipe}'; shipped recipes: {', '.join(shipped) or '(none)'}")
 
 
-def load_recipe(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
-    """Load, override and validate a recipe given by path or shipped name."""
-    path = resolve_recipe_path(recipe)
+def merge_recipe(base: dict, update: dict) -> dict:
+    """``update`` laid over ``base``: sections merge key by key, except that a component whose
+    ``name`` changes is replaced whole (a ``gmm`` score keeps none of an ``energy`` score's options)."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        old = {"name": old} if isinstance(old, str) and isinstance(value, dict) else old
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
+            merged[key] = merge_recipe(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_recipe(path: Path, _children: tuple[Path, ...] = ()) -> dict:
+    """The parsed recipe file with the recipe it ``extends`` (a path relative to it, or a shipped
+    name) merged underneath; the parent's ``output`` is not inherited."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    sibling = path.parent / str(parent)
+    parent_path = sibling if sibling.is_file() else resolve_recipe_path(str(parent))
+    if parent_path.resolve() in _children + (path.resolve(),):
+        raise RecipeError(f"{path}: 'extends: {parent}' makes a cycle")
+    base = read_recipe(parent_path, _children + (path.resolve(),))
+    base.pop("output", None)
+    return merge_recipe(base, data)
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load (following ``extends``), override and validate a recipe given by path or shipped name."""
+    path = resolve_recipe_path(recipe)
+    data = read_recipe(path)
     data.setdefault("output", f"runs/{path.stem}")
     return from_dict(RecipeConfig, apply_overrides(data, list(overrides)))
 

@@ -34,7 +34,7 @@ def test_unknown_key_names_path_and_valid_keys():
 def test_unknown_component_option_names_path():
     data = base()
     data["model"]["score"]["alfa"] = 1.0
-    with pytest.raises(RecipeError, match=r"model\.score\.alfa.*valid keys: alpha"):
+    with pytest.raises(RecipeError, match=r"model\.score\.alfa.*did you mean .alpha.*valid keys: .*alpha"):
         from_dict(RecipeConfig, data)
 
 
@@ -88,3 +88,31 @@ def test_shipped_recipes_validate_and_round_trip():
 def test_unknown_recipe_lists_shipped():
     with pytest.raises(RecipeError, match="shipped recipes: .*tiny"):
         load_recipe("no-such-recipe")
+
+
+def test_extends_merges_sections_and_replaces_a_renamed_component(tmp_path):
+    (tmp_path / "parent.yaml").write_text(
+        "model:\n  tokenizer: {name: patch, shape: [8, 2], patch: [1]}\n"
+        "  score: {name: energy, alpha: 1.5, width: 32}\n  backbone: {width: 48, depth: 3}\n"
+        "data: {name: toy}\ntrain: {epochs: 7}\noutput: runs/parent\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "extends: parent.yaml\nmodel:\n  score: {name: gmm, components: 3}\n  backbone: {depth: 2}\n"
+    )
+    (tmp_path / "sibling.yaml").write_text("extends: parent.yaml\nmodel:\n  score: {alpha: 1.2}\n")
+    child = load_recipe(tmp_path / "child.yaml")
+    assert child.model.score.name == "gmm" and child.model.score.options.components == 3
+    assert child.model.backbone.width == 48 and child.model.backbone.depth == 2  # merged key by key
+    assert child.train.epochs == 7 and child.output == "runs/child"  # the parent's output is not inherited
+    sibling = load_recipe(tmp_path / "sibling.yaml")
+    assert sibling.model.score.options.alpha == 1.2 and sibling.model.score.options.width == 32
+
+
+def test_extends_cycle_and_missing_parent_are_clear(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(RecipeError, match="no recipe file or shipped recipe named 'nowhere'"):
+        load_recipe(tmp_path / "c.yaml")

@@ -119,7 +119,7 @@ def test_duplicate_names_name_both_plugins(fresh, monkeypatch):
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: energy"):
+    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: crps, diffusion, energy, gaussian, gmm, kernel"):
         registry("scores").get("nope")
 
 

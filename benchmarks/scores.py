@@ -1,0 +1,204 @@
+"""The scoring rules side by side: a synthetic task with a known distribution, EAR's alpha
+ablation, MNIST quality, and the sampling speed of the energy head against diffusion.
+
+    python benchmarks/scores.py                      # every section (about an hour on 2 CPU cores)
+    python benchmarks/scores.py --only toy alpha     # the synthetic sections (about 15 minutes)
+    python benchmarks/scores.py --only mnist --mnist-epochs 4
+    python benchmarks/scores.py --only speed [--device cuda]
+
+toy: every rule trains the same small transformer through the real trainer (recipe `tiny`, same
+budget) on the `toy` sequences, 2-D points whose next point turns +-45 degrees on a ring (known,
+bimodal given the previous point). Reported: the energy distance between generated and true
+sequences (16 values each; 0 for a perfect model; real-vs-real gives the noise floor), the mean
+distance of each generated point from its true conditional mean (truth: sin 45 deg = 0.71; a
+head that collapses to the mean gives about 0), training and sampling time.
+alpha: the energy score with alpha in {1, 1.5, 1.99, 2} on the same task, and a PNG with the
+generated (previous point -> next point turn) scatter: alpha = 2 collapses toward the mean.
+mnist: recipes mnist-ear / -gaussian / -gmm / -diffusion (same backbone and budget), scored by
+benchmarks/mnist_quality.py's classifier accuracy and feature Frechet distance.
+speed: energy vs diffusion sampling at benchmarks/speed.py's shape (64 tokens of 16 values,
+width 256, 64 generation steps, CFG 3; diffusion with 100 denoising steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+from carl.config import ModelConfig, from_dict, load_recipe, to_dict
+from carl.data import ToyConfig, ToySequences
+from carl.hub import load_model
+from carl.model import ContinuousAR
+from carl.train import train
+
+TOY_RULES = {
+    "energy": {"name": "energy", "alpha": 1.0},
+    "crps": {"name": "crps"},
+    "kernel": {"name": "kernel", "kernel": "gaussian", "bandwidth": 0.5},
+    "gaussian": {"name": "gaussian"},
+    "gmm": {"name": "gmm", "components": 4},
+    "diffusion": {"name": "diffusion", "batch_mul": 4, "sample_steps": 50},
+}
+TOY_TRAINING = [
+    "data.num_samples=8192", "train.max_steps=1500", "train.global_batch=64", "train.base_lr=4e-3",
+    "train.ema_decay=0.99", "train.checkpoint_every=null", "model.backbone.width=64", "model.backbone.heads=4",
+]
+
+
+def score_override(score: dict) -> str:
+    """The whole score section as one override, every head 2 blocks x 64 wide."""
+    return "model.score=" + yaml.safe_dump({"depth": 2, "width": 64, **score}, default_flow_style=True).strip()
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """2 E|X - Y| - E|X - X'| - E|Y - Y'| between two samples (rows are flattened sequences)."""
+    x, y = x.flatten(1).double(), y.flatten(1).double()
+    return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()
+
+
+def spread_around_conditional_mean(seqs: torch.Tensor) -> float:
+    """Mean distance of each point from E[next | previous] = cos 45 deg x (previous on the ring)."""
+    prev, nxt = seqs[:, :-1], seqs[:, 1:]
+    mean = math.cos(math.pi / 4) * prev / prev.norm(dim=-1, keepdim=True)
+    return (nxt - mean).norm(dim=-1).mean().item()
+
+
+def turns(seqs: torch.Tensor) -> np.ndarray:
+    """Signed angle from each point to the next, in degrees (truth: +-45)."""
+    a = torch.atan2(seqs[..., 1], seqs[..., 0])
+    return torch.rad2deg(torch.remainder(a[:, 1:] - a[:, :-1] + math.pi, 2 * math.pi) - math.pi).flatten().numpy()
+
+
+def true_sequences(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    points, labels = ToySequences(ToyConfig(num_samples=n, seed=1234)).arrays()
+    return torch.from_numpy(points), torch.from_numpy(labels)
+
+
+def train_toy(score: dict, workdir: Path, name: str) -> dict:
+    cfg = load_recipe("tiny", [*TOY_TRAINING, score_override(score)])
+    start = time.perf_counter()
+    folder = train(cfg, output=workdir / name, progress=False)
+    seconds = time.perf_counter() - start
+    model, _ = load_model(folder)
+    real, labels = true_sequences(2000)
+    start = time.perf_counter()
+    gen = model.generate(labels, cfg=1.0, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    sample_s = (time.perf_counter() - start) / len(labels)
+    return {"gen": gen, "train_s": seconds, "sample_ms": 1e3 * sample_s, "ed": energy_distance(gen, real),
+            "spread": spread_around_conditional_mean(gen)}
+
+
+def toy_table(results: dict[str, dict]) -> None:
+    real, _ = true_sequences(2000)
+    other, _ = ToySequences(ToyConfig(num_samples=2000, seed=99)).arrays()
+    floor = energy_distance(torch.from_numpy(other), real)
+    print(f"true sequences: energy distance real-vs-real {floor:.4f}, spread {spread_around_conditional_mean(real):.3f}")
+    print("| rule | energy distance | spread around the conditional mean | train time | sampling ms / sequence |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['ed']:.4f} | {r['spread']:.3f} | {r['train_s']:.0f} s | {r['sample_ms']:.2f} |")
+
+
+def turn_histograms(results: dict[str, dict], path: Path) -> None:
+    """One panel per model: histogram of turn angles (-90..90 degrees); truth has two spikes at +-45."""
+    real, _ = true_sequences(2000)
+    panels = {"truth": turns(real), **{k: turns(v["gen"]) for k, v in results.items()}}
+    w, h, pad = 240, 140, 20
+    image = Image.new("RGB", (w * len(panels), h + 2 * pad), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (name, angles) in enumerate(panels.items()):
+        counts, _ = np.histogram(angles, bins=60, range=(-90, 90))
+        x0 = i * w + 10
+        for b, c in enumerate(counts):
+            top = h + pad - int((h - 10) * c / max(counts.max(), 1))
+            draw.rectangle([x0 + b * 3.6, top, x0 + b * 3.6 + 3, h + pad], fill=(40, 90, 200))
+        for deg in (-45, 0, 45):
+            xd = x0 + (deg + 90) / 180 * 216
+            draw.line([xd, pad, xd, h + pad], fill=(200, 60, 60) if deg else (160, 160, 160))
+        draw.text((x0, 4), name, fill="black")
+        draw.text((x0, h + pad + 4), "-90       turn (deg)       90", fill="black")
+    image.save(path)
+
+
+def speed(device: torch.device) -> None:
+    from speed import model_config  # benchmarks/speed.py: the shared shape
+
+    labels = torch.arange(8, device=device) % 10
+    rows = {}
+    for rule, score in {"energy": {"name": "energy", "depth": 3, "width": 256},
+                        "diffusion": {"name": "diffusion", "depth": 3, "width": 256, "sample_steps": 100}}.items():
+        config = from_dict(ModelConfig, {**to_dict(model_config("masked")), "score": score})
+        model = ContinuousAR(config).to(device).eval()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            model.generate(labels, num_steps=64, cfg=3.0, generator=torch.Generator(device).manual_seed(0), return_tokens=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        rows[rule] = statistics.median(times)
+    tokens = len(labels) * 64
+    print("| head | s / image | tokens / s |")
+    print("|---|---|---|")
+    for rule, seconds in rows.items():
+        print(f"| {rule} | {seconds / len(labels):.3f} | {tokens / seconds:.0f} |")
+    print(f"diffusion / energy sampling time at 64 steps, 100 denoising steps: {rows['diffusion'] / rows['energy']:.1f}x")
+
+
+def mnist(epochs: int, workdir: Path, per_class: int) -> None:
+    from mnist_quality import evaluate, train_classifier
+
+    cnn = train_classifier()
+    print(f"| recipe ({epochs} epochs) | accuracy | FD(gen, real) | FD(real, real) | s / image | train time |")
+    print("|---|---|---|---|---|---|")
+    for recipe in ("mnist-ear", "mnist-gaussian", "mnist-gmm", "mnist-diffusion"):
+        cfg = load_recipe(recipe, [f"train.epochs={epochs}", "train.sample_every=null", "train.checkpoint_every=null"])
+        start = time.perf_counter()
+        folder = train(cfg, output=workdir / recipe, progress=False)
+        seconds = time.perf_counter() - start
+        model, _ = load_model(folder)
+        s = cfg.sample
+        r = evaluate(model, cnn, per_class=per_class, cfg=s.cfg, temperature=s.temperature, steps=s.num_steps)
+        print(f"| {recipe} | {r['accuracy']:.1%} | {r['fd_gen_real']:.1f} | {r['fd_real_real']:.1f} | "
+              f"{r['seconds_per_image']:.3f} | {seconds / 60:.1f} min |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=["toy", "alpha", "mnist", "speed"], default=["toy", "alpha", "mnist", "speed"])
+    parser.add_argument("--mnist-epochs", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--device", default="cpu", help="for the speed section")
+    parser.add_argument("--out", default="benchmarks/out", help="folder for the figures")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if "toy" in args.only:
+            results = {name: train_toy(score, workdir, name) for name, score in TOY_RULES.items()}
+            toy_table(results)
+            turn_histograms(results, out / "toy_turns.png")
+        if "alpha" in args.only:
+            results = {f"alpha {a}": train_toy({"name": "energy", "alpha": a}, workdir, f"alpha-{a}") for a in (1.0, 1.5, 1.99, 2.0)}
+            toy_table(results)
+            turn_histograms(results, out / "alpha_turns.png")
+            print(f"figure: {out / 'alpha_turns.png'} (turn angles; truth: two spikes at +-45 degrees)")
+        if "mnist" in args.only:
+            mnist(args.mnist_epochs, workdir, args.per_class)
+        if "speed" in args.only:
+            speed(torch.device(args.device))
+
+
+if __name__ == "__main__":
+    main()
