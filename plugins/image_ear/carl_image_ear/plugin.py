@@ -6,6 +6,13 @@ from carl.hookspecs import hookimpl
 
 
 @hookimpl
+def register_tokenizers(register):
+    from carl_image_ear.kl16 import KL16Tokenizer
+
+    register("kl16", KL16Tokenizer)
+
+
+@hookimpl
 def register_datasets(register):
     from carl_image_ear.images import ImageData
 
