@@ -46,7 +46,7 @@ TOY_RULES = {
     "kernel": {"name": "kernel", "kernel": "gaussian", "bandwidth": 0.5},
     "gaussian": {"name": "gaussian"},
     "gmm": {"name": "gmm", "components": 4},
-    "diffusion": {"name": "diffusion", "batch_mul": 4, "sample_steps": 50},
+    "diffusion": {"name": "diffusion", "batch_mul": 4, "sample_steps": 50, "clip_x0": 1.5},  # points lie in [-1.2, 1.2]
 }
 TOY_TRAINING = [
     "data.num_samples=8192", "train.max_steps=1500", "train.global_batch=64", "train.base_lr=4e-3",
@@ -175,6 +175,7 @@ def mnist(epochs: int, workdir: Path, per_class: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=["toy", "alpha", "mnist", "speed"], default=["toy", "alpha", "mnist", "speed"])
+    parser.add_argument("--rules", nargs="+", choices=list(TOY_RULES), default=list(TOY_RULES), help="for the toy section")
     parser.add_argument("--mnist-epochs", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--device", default="cpu", help="for the speed section")
@@ -186,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if "toy" in args.only:
-            results = {name: train_toy(score, workdir, name) for name, score in TOY_RULES.items()}
+            results = {name: train_toy(TOY_RULES[name], workdir, name) for name in args.rules}
             toy_table(results)
             turn_histograms(results, out / "toy_turns.png")
         if "alpha" in args.only:

@@ -44,6 +44,26 @@ def train(
 
 
 @app.command()
+def cache(
+    recipe: Annotated[str, typer.Argument(help="A recipe file or the name of a shipped recipe.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides: data.source=/data/imagenet")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Cache folder (default: the recipe's `cache`).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items encoded per call.")] = 64,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Items per Arrow shard (the unit of resumption).")] = 4096,
+) -> None:
+    """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
+    from carl.cache import build_cache
+    from carl.config import load_recipe
+
+    cfg = load_recipe(recipe, overrides or [])
+    folder = output or (Path(cfg.cache) if cfg.cache else None)
+    if folder is None:
+        raise CarlError("the recipe sets no `cache` folder: pass --output DIR (and set cache=DIR when training)")
+    build_cache(cfg, folder, batch_size=batch_size, shard_size=shard_size)
+    typer.echo(f"token cache: {folder} (train with cache={folder})")
+
+
+@app.command()
 def sample(
     checkpoint: Annotated[str, typer.Argument(help="A model folder (a training output) or a Hub repo id.")],
     num: Annotated[Optional[int], typer.Option("--num", "-n", help="Samples per row (default: the recipe's).")] = None,

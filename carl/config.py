@@ -129,6 +129,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     output: str = "runs/default"
+    cache: str | None = None  # a token cache folder (`carl cache`): training reads it instead of encoding data
 
 
 # ---------------------------------------------------------------------------------------------

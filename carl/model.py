@@ -55,10 +55,11 @@ class ContinuousAR(
 
     @torch.no_grad()
     def encode(self, batch: dict) -> torch.Tensor:
-        """The batch's tokens ``(B, N, D)``: cached ``tokens`` or the tokenizer's encoding of ``data``."""
-        if "tokens" in batch:
-            return batch["tokens"].float()
-        return self.tokenizer.encode(batch["data"])
+        """The batch's tokens ``(B, N, D)``: the tokenizer's encoding of ``data``, or its reading
+        of token-cache rows (see :meth:`Tokenizer.cache`)."""
+        if "data" in batch:
+            return self.tokenizer.encode(batch["data"])
+        return self.tokenizer.from_cache(batch)
 
     def loss(self, batch: dict, plan: Plan | None = None) -> torch.Tensor:
         """Mean loss over the target tokens of ``batch`` (keys ``data`` or ``tokens``, optional ``condition``)."""

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from carl.cache import is_complete, load_cache
 from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
 from carl.model import ContinuousAR
@@ -154,14 +155,28 @@ class Trainer:
 
     def _setup_data(self) -> tuple[DataSource, torch.utils.data.Dataset]:
         source = self.cfg.data.build("datasets")
-        dataset = source.dataset("train")
+        self.cached_tokenizer = None
+        if self.cfg.cache is not None:
+            folder = Path(self.cfg.cache)
+            if not is_complete(folder):
+                raise CarlError(f"the recipe reads the token cache {folder}, which is not complete: "
+                                f"run `carl cache` with this recipe first (it resumes where it stopped)")
+            dataset, self.cached_tokenizer = load_cache(self.cfg, folder)
+        else:
+            dataset = source.dataset("train")
         if len(dataset) < self.cfg.train.global_batch:
             raise CarlError(f"the dataset has {len(dataset)} items, fewer than train.global_batch {self.cfg.train.global_batch}")
         return source, dataset
 
     def _setup_model(self, dataset) -> ContinuousAR:
         model = ContinuousAR(self.cfg.model)
-        if model.tokenizer.needs_fit and not self.resume:
+        if self.resume:
+            return model  # the checkpoint holds the tokenizer state
+        if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache
+            model.tokenizer.load_state_dict(self.cached_tokenizer)
+            return model
+        model.tokenizer.prepare()
+        if model.tokenizer.needs_fit:
             count = min(len(dataset), FIT_SAMPLES)
             model.tokenizer.fit(dataset[:count]["data"])
         return model

@@ -323,3 +323,15 @@ def test_reverse_chain_with_the_true_score_samples_the_truth(truth):
     assert abs((x[:, 0] > mid).float().mean() - (real[:, 0] > mid).float().mean()) < 0.02
     cold = rule.reverse(denoiser, torch.randn(20_000, d, generator=g), temperature=0.0, generator=g)
     assert cold.std(0).max() < x.std(0).max()  # temperature narrows the samples
+
+
+def test_clip_x0_keeps_an_inaccurate_head_in_range():
+    # An untrained denoiser is far from the identity at t ~ T, where the step divides by
+    # sqrt(alpha_bar) ~ 5e-5: unclipped samples explode; clipped ones stay in the data range.
+    hidden = torch.randn(64, 4)
+    draws = {}
+    for clip in (None, 1.0):
+        torch.manual_seed(0)
+        rule = trained_like(DiffusionScore(DiffusionScoreConfig(clip_x0=clip, sample_steps=20), hidden_dim=4, token_dim=2))
+        draws[clip] = rule.sample(hidden, generator=torch.Generator().manual_seed(0))
+    assert draws[None].abs().max() > 10 and draws[1.0].abs().max() < 1.5

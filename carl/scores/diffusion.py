@@ -22,7 +22,10 @@ class DiffusionScoreConfig:
     """``depth``/``width``: the AdaLN MLP denoiser (MAR-B: 6 x 1024). ``train_steps``: the noise
     levels of training (1000). ``sample_steps``: the respaced levels of sampling (MAR: 100).
     ``schedule``: ``cosine`` (MAR) or ``linear`` betas. ``batch_mul``: repeats of each token, each
-    with its own noise level and noise (MAR uses 4)."""
+    with its own noise level and noise (MAR uses 4). ``clip_x0``: at sampling, clamp the
+    predicted clean token to [-clip_x0, clip_x0] (ADM's ``clip_denoised``; MAR: None). The
+    first respaced steps divide by sqrt(alpha_bar) ~ 5e-5, so a head trained briefly can blow
+    up there; a bound of the data's range prevents it."""
 
     depth: int = 3
     width: int = 256
@@ -30,8 +33,11 @@ class DiffusionScoreConfig:
     sample_steps: int = 100
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_mul: int = 4
+    clip_x0: float | None = None
 
     def __post_init__(self) -> None:
+        if self.clip_x0 is not None and self.clip_x0 <= 0:
+            raise ValueError(f"clip_x0 must be positive, got {self.clip_x0}")
         if self.depth < 1 or self.batch_mul < 1:
             raise ValueError("depth and batch_mul must be >= 1")
         if not 1 <= self.sample_steps <= self.train_steps:
@@ -105,11 +111,13 @@ class NoiseSchedule(nn.Module):
         """Mean of q(x_(t-1) | x_t, x_0)."""
         return self.at("posterior_mean_x0", t) * x0 + self.at("posterior_mean_xt", t) * xt
 
-    def p_mean_log_var(self, xt, t, eps, var_logits) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's reverse step: mean from the predicted noise, log-variance interpolated in
-        log space between the posterior's and beta's by ``(v + 1) / 2`` (learned range, Nichol &
-        Dhariwal 2021)."""
+    def p_mean_log_var(self, xt, t, eps, var_logits, clip_x0: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's reverse step: mean from the predicted noise (through the predicted clean
+        token, optionally clamped), log-variance interpolated in log space between the
+        posterior's and beta's by ``(v + 1) / 2`` (learned range, Nichol & Dhariwal 2021)."""
         x0 = self.at("sqrt_recip_alpha_bar", t) * xt - self.at("sqrt_recip_m1_alpha_bar", t) * eps
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         frac = (var_logits + 1) / 2
         log_var = frac * self.at("log_beta", t) + (1 - frac) * self.at("posterior_log_var", t)
         return self.posterior(x0, xt, t), log_var
@@ -251,7 +259,7 @@ class DiffusionScore(ScoringRule):
         for i in reversed(range(len(schedule))):
             eps, var_logits = denoiser(x, schedule.timesteps[i : i + 1])
             step = torch.full((1,), i, device=x.device)
-            mean, log_var = schedule.p_mean_log_var(x.float(), step, eps.float(), var_logits.float())
+            mean, log_var = schedule.p_mean_log_var(x.float(), step, eps.float(), var_logits.float(), self.config.clip_x0)
             if i > 0:
                 noise = standard_normal(x.shape, x, generator)
                 mean = mean + torch.exp(0.5 * log_var) * temperature * noise

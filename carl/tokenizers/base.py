@@ -31,6 +31,19 @@ class Tokenizer(nn.Module, ABC):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, N, D)`` -> data batch shaped like the input of :meth:`encode`."""
 
+    def prepare(self) -> None:
+        """Load external state (pretrained weights) before training or caching; default: nothing.
+        Never called when loading a model folder, whose weights file already holds that state."""
+
+    def cache(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a token cache stores for a data batch (one entry per item); default: the tokens.
+        Tokenizers that sample (a VAE posterior) or augment store what they draw from instead."""
+        return {"tokens": self.encode(x)}
+
+    def from_cache(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens ``(B, N, D)`` from a batch of cache rows (see :meth:`cache`)."""
+        return batch["tokens"].float()
+
     def fit(self, x: torch.Tensor) -> None:
         """Estimate data-dependent state (e.g. normalisation) from a sample batch; default: nothing."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,21 @@ from carl.data import DataSource
 from carl_image_ear.mnist import mnist_arrays
 
 EMBEDDED = "mnist"
+logger = logging.getLogger(__name__)
+
+
+def open_image(item: dict) -> Image.Image:
+    """An image column entry stored undecoded: ``{"bytes": ..., "path": ...}``."""
+    return Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+
+
+def is_readable(item: dict) -> bool:
+    try:
+        with open_image(item) as image:
+            image.load()  # decodes every pixel: catches truncated files, not just bad headers
+        return True
+    except Exception:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...)
+        return False
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,7 @@ class ImageData(DataSource):
         if config.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {config.channels}")
         self.config = config
+        self.skipped = 0  # unreadable images dropped by the last `dataset` call
 
     def dataset(self, split: str | None = None) -> Dataset:
         split = split or self.config.split
@@ -57,7 +76,7 @@ class ImageData(DataSource):
 
     def _external(self, split: str) -> Dataset:
         source = self.config.source
-        if Path(source).is_dir():
+        if Path(source).is_dir():  # ImageNet layout: <split>/<class>/<file>, labels from folder names
             table = load_dataset("imagefolder", data_dir=source, split=split)
         else:
             table = load_dataset(source, split=split)
@@ -65,15 +84,25 @@ class ImageData(DataSource):
         label_col = next((k for k, f in table.features.items() if isinstance(f, ClassLabel)), None)
         if image_col is None:
             raise ValueError(f"dataset '{source}' has no image column; columns: {', '.join(table.column_names)}")
+        table = self._readable(table.cast_column(image_col, ImageFeature(decode=False)), image_col)
 
         def transform(batch: dict) -> dict:
-            out = {"data": torch.from_numpy(np.stack([self._prepare(im) for im in batch[image_col]]))}
+            out = {"data": torch.from_numpy(np.stack([self._prepare(open_image(im)) for im in batch[image_col]]))}
             if label_col is not None:
                 out["condition"] = torch.as_tensor(batch[label_col], dtype=torch.long)
             return out
 
         table.set_transform(transform)
         return table
+
+    def _readable(self, table: Dataset, image_col: str) -> Dataset:
+        """Drop the images PIL cannot decode (corrupt, truncated), saying how many: never fatal."""
+        workers = min(8, os.cpu_count() or 1) if len(table) > 20_000 else None
+        kept = table.filter(lambda row: is_readable(row[image_col]), num_proc=workers, desc="checking images")
+        self.skipped = len(table) - len(kept)
+        if self.skipped:
+            logger.warning("carl: skipped %d unreadable image(s) of %d in %s", self.skipped, len(table), self.config.source)
+        return kept
 
     def _prepare(self, image: Image.Image) -> np.ndarray:
         """Centre crop to a square, resize, convert to ``(C, H, W)`` float32 in [0, 1]."""
