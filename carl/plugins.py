@@ -175,5 +175,8 @@ def recipe_files() -> dict[str, Path]:
 
 
 def register_commands(app: Any) -> None:
-    """Let every plugin add its CLI commands to ``app``."""
+    """Let every plugin add its CLI commands to ``app`` (once per app)."""
+    if getattr(app, "_carl_plugin_commands", False):
+        return
     load_plugins().hook.register_commands(app=app)
+    app._carl_plugin_commands = True

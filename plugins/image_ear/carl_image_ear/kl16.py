@@ -236,6 +236,8 @@ class KL16Tokenizer(Tokenizer):
         return {"moments": self.moments(x), "moments_flip": self.moments(x.flip(-1))}
 
     def from_cache(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        if "moments" not in batch:  # ready-made tokens
+            return super().from_cache(batch, generator)
         moments, flipped = batch["moments"], batch["moments_flip"]
         flip = torch.rand(len(moments), generator=generator, device=moments.device if generator is None else generator.device)
         pick = (flip < 0.5).to(moments.device)[:, None, None, None]

@@ -1,0 +1,132 @@
+"""Official EAR checkpoints and MAR's KL-16 weights into carl.
+
+``carl convert ear checkpoint-last.pth OUT --vae kl16.ckpt`` writes a carl model folder (EMA
+weights by default) that ``carl sample`` uses directly; ``carl convert kl16 kl16.ckpt OUT``
+writes the tokenizer as safetensors. Checkpoints are read with ``weights_only=True`` (the
+``argparse.Namespace`` of the training arguments is allow-listed, nothing else is unpickled);
+sizes come from the tensor shapes, the training settings from the arguments when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
+from carl.model import ContinuousAR
+from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
+
+EAR_HEADS = {"ear_base": 12, "ear_large": 16, "ear_huge": 16}
+# official EAR name prefix -> carl name prefix (the rest of each key is the same)
+EAR_NAMES = [
+    ("class_emb.", "conditioner.class_emb."), ("fake_latent", "conditioner.fake_latent"),
+    ("mask_token", "backbone.mask_token"), ("decoder_pos_embed_learned", "backbone.pos_embed"),
+    ("z_proj.", "backbone.token_proj."), ("decoder_blocks.", "backbone.blocks."),
+    ("decoder_norm.", "backbone.norm."), ("scoreloss.net.", "score.net."),
+]
+
+
+def read_official(path: Path) -> tuple[dict, argparse.Namespace | None]:
+    """The ``model`` and ``model_ema`` state dicts and the training arguments of an official
+    checkpoint, unpickling nothing but tensors, containers and ``argparse.Namespace``."""
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise WeightsError(f"{path} is not an official checkpoint (no 'model' state dict)")
+    return checkpoint, checkpoint.get("args")
+
+
+def count_indexed(state: dict, prefix: str) -> int:
+    return len({m[1] for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
+
+
+def kl16_options(state: dict) -> dict:
+    """The KL-16 architecture of a state dict, read from its shapes."""
+    levels = count_indexed(state, "encoder.down.")
+    ch = state["encoder.conv_in.weight"].shape[0]
+    return {
+        "ch": ch,
+        "ch_mult": [state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
+        "num_res_blocks": count_indexed(state, "encoder.down.0.block."),
+        "attn_levels": [i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state],
+        "z_channels": state["post_quant_conv.weight"].shape[0],
+    }
+
+
+def ear_model_config(state: dict, args: argparse.Namespace | None, vae: dict) -> ModelConfig:
+    """carl's model config for an official EAR state dict (sizes from shapes, settings from args)."""
+    width, token_dim = state["z_proj.weight"].shape
+    depth = count_indexed(state, "decoder_blocks.")
+    heads = EAR_HEADS.get(getattr(args, "model", ""), width // 64)
+    positions = state["decoder_pos_embed_learned"].shape[1]
+    image_size = getattr(args, "img_size", 256)
+    buffer = getattr(args, "buffer_size", positions - (image_size // 16) ** 2)
+    return from_dict(ModelConfig, {
+        "tokenizer": {"name": "kl16", "image_size": image_size, **vae},
+        "conditioner": {"name": "class", "num_classes": state["class_emb.weight"].shape[0], "buffer": buffer,
+                        "label_drop": getattr(args, "label_drop_prob", 0.1)},
+        "order": {"name": "masked", "mask_ratio_min": getattr(args, "mask_ratio_min", 0.7)},
+        "backbone": {"width": width, "depth": depth, "heads": heads,
+                     "mlp_ratio": state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / width,
+                     "dropout": getattr(args, "proj_dropout", 0.1), "attn_dropout": getattr(args, "attn_dropout", 0.1)},
+        "score": {"name": "energy", "alpha": float(getattr(args, "alpha", 1.0)), "num_samples": 2,
+                  "batch_mul": getattr(args, "score_batch_mul", 2),
+                  "depth": count_indexed(state, "scoreloss.net.res_blocks."),
+                  "width": state["scoreloss.net.input_proj.weight"].shape[0],
+                  "noise_dim": state["scoreloss.net.noise_embed.weight"].shape[1]},
+    })
+
+
+def rename(state: dict, names: list[tuple[str, str]]) -> dict:
+    out = {}
+    for key, value in state.items():
+        new = next((dst + key[len(src):] for src, dst in names if key.startswith(src)), None)
+        if new is None:
+            raise WeightsError(f"unexpected key in the official checkpoint: {key}")
+        out[new] = value
+    return out
+
+
+def convert_ear(checkpoint: Path, output: Path, vae: str, use_ema: bool = True) -> Path:
+    """Write a carl model folder for an official EAR checkpoint and the KL-16 weights ``vae``."""
+    official, args = read_official(checkpoint)
+    key = "model_ema" if use_ema and "model_ema" in official else "model"
+    state = official[key]
+    vae_path = resolve_weights(vae, default_filename="kl16.ckpt")
+    vae_state = load_state_file(vae_path)
+    config = ear_model_config(state, args, kl16_options(vae_state))
+    model = ContinuousAR(config)
+    load_strict(model.tokenizer, vae_state, source=vae_path)
+    carl_state = rename(state, EAR_NAMES)
+    carl_state.update({f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()})
+    load_strict(model, carl_state, source=f"{checkpoint} ({key})")
+    model.save_pretrained(output)
+    recipe = from_dict(RecipeConfig, {
+        "model": to_dict(config),
+        "data": {"name": "images", "image_size": config.tokenizer.options.image_size, "channels": 3},
+        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7, "rows": 4, "per_row": 8},
+        "output": str(output),
+    })
+    (output / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    return output
+
+
+def convert_kl16(checkpoint: str, output: Path) -> Path:
+    """MAR's ``kl16.ckpt`` (or any KL-16 reference) as ``OUT/kl16.safetensors``, checked strictly."""
+    from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
+
+    path = resolve_weights(checkpoint, default_filename="kl16.ckpt")
+    state = load_state_file(path)
+    tokenizer = KL16Tokenizer(KL16Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in kl16_options(state).items()}))
+    load_strict(tokenizer, state, source=path)
+    output.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, output / "kl16.safetensors")
+    return output / "kl16.safetensors"

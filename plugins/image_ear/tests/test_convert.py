@@ -1,0 +1,130 @@
+"""Official EAR checkpoints into carl: strict reading, shape inference, and numerical parity of
+hidden states and loss with an independent reading of the official architecture."""
+
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import reference_ear as ref
+from carl.cli import app
+from carl.hub import load_model
+from carl.orders.base import Plan
+from carl.plugins import register_commands
+from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
+
+WIDTH, DEPTH, HEADS, HEAD_W, NOISE, BUFFER, N, D = 128, 2, 2, 64, 8, 4, 256, 16
+
+
+def official_ear_state(seed: int) -> dict:
+    """A random EAR checkpoint in the official key layout (small sizes)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return 0.05 * torch.randn(*shape, generator=g)
+
+    sd = {"fake_latent": r(1, WIDTH), "mask_token": r(1, 1, WIDTH), "decoder_pos_embed_learned": r(1, BUFFER + N, WIDTH),
+          "class_emb.weight": r(10, WIDTH), "z_proj.weight": r(WIDTH, D), "z_proj.bias": r(WIDTH),
+          "decoder_norm.weight": 1 + r(WIDTH), "decoder_norm.bias": r(WIDTH)}
+    for i in range(DEPTH):
+        b = f"decoder_blocks.{i}"
+        sd |= {f"{b}.norm1.weight": 1 + r(WIDTH), f"{b}.norm1.bias": r(WIDTH), f"{b}.attn.qkv.weight": r(3 * WIDTH, WIDTH),
+               f"{b}.attn.qkv.bias": r(3 * WIDTH), f"{b}.attn.proj.weight": r(WIDTH, WIDTH), f"{b}.attn.proj.bias": r(WIDTH),
+               f"{b}.norm2.weight": 1 + r(WIDTH), f"{b}.norm2.bias": r(WIDTH), f"{b}.mlp.fc1.weight": r(4 * WIDTH, WIDTH),
+               f"{b}.mlp.fc1.bias": r(4 * WIDTH), f"{b}.mlp.fc2.weight": r(WIDTH, 4 * WIDTH), f"{b}.mlp.fc2.bias": r(WIDTH)}
+    p = "scoreloss.net"
+    sd |= {f"{p}.noise_embed.weight": r(HEAD_W, NOISE), f"{p}.noise_embed.bias": r(HEAD_W),
+           f"{p}.input_proj.weight": r(HEAD_W, WIDTH), f"{p}.input_proj.bias": r(HEAD_W),
+           f"{p}.final_layer.linear.weight": r(D, HEAD_W), f"{p}.final_layer.linear.bias": r(D),
+           f"{p}.final_layer.adaLN_modulation.1.weight": r(2 * HEAD_W, HEAD_W), f"{p}.final_layer.adaLN_modulation.1.bias": r(2 * HEAD_W)}
+    for i in range(2):
+        b = f"{p}.res_blocks.{i}"
+        sd |= {f"{b}.in_ln.weight": 1 + r(HEAD_W), f"{b}.in_ln.bias": r(HEAD_W), f"{b}.mlp.0.weight": r(HEAD_W, HEAD_W),
+               f"{b}.mlp.0.bias": r(HEAD_W), f"{b}.mlp.2.weight": r(HEAD_W, HEAD_W), f"{b}.mlp.2.bias": r(HEAD_W),
+               f"{b}.adaLN_modulation.1.weight": r(3 * HEAD_W, HEAD_W), f"{b}.adaLN_modulation.1.bias": r(3 * HEAD_W)}
+    return sd
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ear")
+    register_commands(app)  # `carl convert` comes from the image plugin
+    args = argparse.Namespace(img_size=256, vae_stride=16, buffer_size=BUFFER, score_batch_mul=2, alpha=1.0,
+                              mask_ratio_min=0.7, label_drop_prob=0.1, proj_dropout=0.1, attn_dropout=0.1)
+    raw, ema = official_ear_state(0), official_ear_state(1)
+    torch.save({"model": raw, "model_ema": ema, "epoch": 799, "args": args}, tmp / "checkpoint-last.pth")
+    vae = KL16Tokenizer(KL16Config(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_levels=()))
+    torch.save({"model": vae.state_dict()}, tmp / "kl16.ckpt")
+    result = CliRunner().invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "out"), "--vae", str(tmp / "kl16.ckpt")])
+    assert result.exit_code == 0, result.output
+    model, recipe = load_model(tmp / "out")
+    return model.eval(), ema, tmp
+
+
+def test_sizes_and_settings_come_from_the_checkpoint(converted):
+    model, _, _ = converted
+    c = model.config
+    assert (c.backbone.width, c.backbone.depth, c.backbone.heads, c.conditioner.options.buffer) == (WIDTH, DEPTH, 2, BUFFER)
+    assert (c.score.options.width, c.score.options.depth, c.score.options.noise_dim, c.score.options.batch_mul) == (HEAD_W, 2, NOISE, 2)
+    assert (model.tokenizer.num_tokens, model.tokenizer.token_dim) == (N, D)
+
+
+def test_hidden_states_and_loss_equal_the_official_architecture(converted, monkeypatch):
+    model, sd, _ = converted  # the EMA weights were converted
+    g = torch.Generator().manual_seed(5)
+    tokens, labels = torch.randn(2, N, D, generator=g), torch.tensor([3, 7])
+    mask = torch.rand(2, N, generator=g) < 0.8  # 1 = to predict
+    mask[1] = mask[0]  # EAR masks the same count per row
+    with torch.no_grad():
+        expected = ref.hidden_states(sd, tokens, mask.float(), labels, heads=HEADS)
+        cond = model.conditioner(labels, 2)
+        hidden = model._hidden_bidirectional(tokens, cond, ~mask)
+        torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
+
+        noise = torch.rand(2 * 2 * 2 * N, NOISE, generator=g) - 0.5  # (samples, batch_mul, B * N)
+        expected_loss = ref.loss(sd, expected, tokens, mask.float(), noise, batch_mul=2)
+        targets = mask.reshape(-1).nonzero()[:, 0]
+        ours = noise.view(2, 2, 2 * N, NOISE)[:, :, targets].reshape(-1, NOISE)  # the same draws, targets only
+        monkeypatch.setattr(model.score, "_noise", lambda rows, like, generator=None: ours)
+        plan = Plan(order=torch.arange(N).expand(2, N), known=~mask)
+        torch.testing.assert_close(model.loss({"tokens": tokens, "condition": labels}, plan), expected_loss, atol=1e-5, rtol=0)
+
+
+def test_sampling_head_matches_and_seeds_reproduce(converted):
+    model, sd, _ = converted
+    g = torch.Generator().manual_seed(6)
+    hidden, noise = torch.randn(5, WIDTH, generator=g), torch.rand(5, NOISE, generator=g) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(model.score.net(hidden, noise, 0.7), ref.generator(sd, hidden, noise, 0.7), atol=1e-5, rtol=0)
+
+    def draw():
+        return model.generate(torch.tensor([1, 2]), num_steps=4, cfg=3.0, temperature=0.7,
+                              generator=torch.Generator().manual_seed(0), return_tokens=True)
+
+    torch.testing.assert_close(draw(), draw(), atol=0, rtol=0)
+
+
+def test_raw_weights_on_request_and_kl16_as_safetensors(converted):
+    _, _, tmp = converted
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "raw"), "--vae", str(tmp / "kl16.ckpt"), "--raw"])
+    assert result.exit_code == 0, result.output
+    raw, _ = load_model(tmp / "raw")
+    torch.testing.assert_close(raw.backbone.mask_token, official_ear_state(0)["mask_token"])
+    result = runner.invoke(app, ["convert", "kl16", str(tmp / "kl16.ckpt"), str(tmp / "vae")])
+    assert result.exit_code == 0, result.output
+    state = load_file(tmp / "vae" / "kl16.safetensors")
+    assert state.keys() == torch.load(tmp / "kl16.ckpt", weights_only=True)["model"].keys()
+
+
+class Custom:  # not allow-listed: weights_only loading must refuse it
+    pass
+
+
+def test_refuses_checkpoints_that_need_unpickling_code(tmp_path, converted):
+    torch.save({"model": official_ear_state(0), "args": Custom()}, tmp_path / "evil.pth")
+    result = CliRunner().invoke(app, ["convert", "ear", str(tmp_path / "evil.pth"), str(tmp_path / "out"), "--vae", "x"])
+    assert result.exit_code != 0
+    assert "cannot read checkpoint" in str(result.exception)
