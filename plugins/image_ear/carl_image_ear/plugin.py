@@ -55,3 +55,43 @@ def register_commands(app):
         typer.echo(f"tokenizer weights: {convert_kl16(checkpoint, output)}")
 
     app.add_typer(convert, name="convert")
+
+
+@hookimpl(specname="register_commands")
+def register_eval_command(app):
+    from typing import Annotated, Optional
+
+    import typer
+
+    @app.command("eval")
+    def evaluate(
+        checkpoint: Annotated[str, typer.Argument(help="A model folder or a Hub repo id.")],
+        reference: Annotated[str, typer.Option("--reference", help="Real-image statistics (.npz, mu/sigma) or a folder of real images.")],
+        num: Annotated[int, typer.Option("--num", "-n", help="Images to generate (class-balanced).")] = 50_000,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 250,
+        steps: Annotated[Optional[int], typer.Option("--steps")] = None,
+        cfg: Annotated[Optional[float], typer.Option("--cfg")] = None,
+        temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        inception_weights: Annotated[Optional[str], typer.Option("--inception-weights", help="Local Inception weights for offline use.")] = None,
+        precision_recall: Annotated[bool, typer.Option("--prc", help="Also compute precision and recall.")] = False,
+        out: Annotated[Path, typer.Option("--out", help="Folder for the grid and metrics.json.")] = Path("eval"),
+    ) -> None:
+        """Generate class-balanced images and report FID / IS (torch-fidelity)."""
+        import json
+
+        from carl.hub import load_model
+        from carl_image_ear.evaluate import EvalSettings, fidelity_metrics, generate_images, save_eval_grid
+
+        model, recipe = load_model(checkpoint)
+        s = recipe.sample
+        settings = EvalSettings(
+            num_images=num, batch_size=batch_size, num_steps=steps or s.num_steps, cfg=s.cfg if cfg is None else cfg,
+            cfg_schedule=s.cfg_schedule, temperature=s.temperature if temperature is None else temperature, seed=seed,
+        )
+        device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+        images = generate_images(model.to(device), settings)
+        grid = save_eval_grid(images, out / "grid.png")
+        metrics = fidelity_metrics(images, reference, inception_weights=inception_weights, precision_recall=precision_recall)
+        (out / "metrics.json").write_text(json.dumps({"settings": settings.__dict__, **metrics}, indent=2))
+        typer.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + f" | grid {grid}")
