@@ -125,7 +125,8 @@ def turn_histograms(results: dict[str, dict], path: Path) -> None:
             xd = x0 + (deg + 90) / 180 * 216
             draw.line([xd, pad, xd, h + pad], fill=(200, 60, 60) if deg else (160, 160, 160))
         draw.text((x0, 4), name, fill="black")
-        draw.text((x0, h + pad + 4), "-90       turn (deg)       90", fill="black")
+        for deg in (-90, 0, 90):
+            draw.text((x0 + (deg + 90) / 180 * 216 - 8, h + pad + 4), f"{deg:+d}" if deg else "0", fill="black")
     image.save(path)
 
 

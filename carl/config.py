@@ -123,11 +123,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation during training: ``metric`` every ``every_epochs`` epochs (None: never)."""
+
+    every_epochs: float | None = None
+    metric: Component = component("metrics", "loss")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Component = component("datasets")
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     output: str = "runs/default"
     cache: str | None = None  # a token cache folder (`carl cache`): training reads it instead of encoding data
 

@@ -36,6 +36,11 @@ def register_datasets(register):
 
 
 @hookspec
+def register_metrics(register):
+    """Register Metric subclasses for evaluation during training: ``register("fid", FID)``."""
+
+
+@hookspec
 def register_recipes(register):
     """Register folders of recipe YAML files: ``register("image_ear", Path(...))``."""
 

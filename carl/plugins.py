@@ -21,13 +21,16 @@ import pluggy
 from carl import hookspecs
 
 ENTRY_POINT_GROUP = "carl"
-BUILTIN_MODULES = ("carl.tokenizers", "carl.orders", "carl.scores", "carl.conditioners", "carl.data", "carl.recipes")
+BUILTIN_MODULES = (
+    "carl.tokenizers", "carl.orders", "carl.scores", "carl.conditioners", "carl.data", "carl.metrics", "carl.recipes",
+)
 KINDS = {
     "tokenizers": "tokenizer",
     "orders": "order",
     "scores": "scoring rule",
     "conditioners": "conditioner",
     "datasets": "dataset",
+    "metrics": "metric",
     "recipes": "recipe folder",
 }
 

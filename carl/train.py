@@ -140,6 +140,9 @@ class Trainer:
         self.steps_per_epoch = max(1, len(loader) // (self.accelerator.num_processes * self.batching.accumulation))
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
         self.optimizer, self.scheduler = self._setup_optimizer()
+        every = self.cfg.eval.every_epochs
+        self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
+        self.metric = self.cfg.eval.metric.build("metrics") if every else None
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.step = self._restore() if self.resume else 0
@@ -293,6 +296,8 @@ class Trainer:
                     losses, window_start, window_steps = [], time.perf_counter(), 0
                 if train.sample_every and self.step % train.sample_every == 0:
                     self.sample_grid()
+                if self.eval_every and self.step % self.eval_every == 0:
+                    self.evaluate()
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.step >= self.total_steps:
@@ -320,6 +325,20 @@ class Trainer:
             self.accelerator.log(metrics, step=self.step)
         if not self.progress:
             self.accelerator.print(f"step {self.step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.0f} samples/s")
+
+    def evaluate(self) -> dict[str, float]:
+        """The recipe's metric on the EMA weights (main process), logged as ``eval/<name>``."""
+        metrics: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            start = time.perf_counter()
+            metrics = self.metric.compute(self.ema.module.eval(), self.cfg)
+            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            self.accelerator.print(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
+                                   f"[{time.perf_counter() - start:.1f}s]")
+            if self.cfg.train.tracker != "none":
+                self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
+        self.accelerator.wait_for_everyone()
+        return metrics
 
     def sample_grid(self) -> Path | None:
         """Sample a grid with the EMA weights (rows of ``grid_conditions``) and save it as PNG."""

@@ -8,6 +8,7 @@ from carl.hookspecs import hookimpl
 from carl.plugins import CarlError, load_plugins, plugin_infos, registry
 from carl.conditioners import ClassConditioner
 from carl.data import ToySequences
+from carl.metrics import HeldOutLoss
 from carl.scores import EnergyScore
 from carl.tokenizers import PatchTokenizer
 
@@ -36,6 +37,11 @@ class Throwaway:
     @hookimpl
     def register_datasets(register):
         register("toy2", ToySequences)
+
+    @staticmethod
+    @hookimpl
+    def register_metrics(register):
+        register("loss2", HeldOutLoss)
 
     @staticmethod
     @hookimpl
@@ -81,11 +87,13 @@ def test_registered_plugin_is_first_class(fresh, monkeypatch, tmp_path):
     assert registry("tokenizers").owner("patch2") == "throwaway"
     info = {i.name: i for i in plugin_infos()}["throwaway"]
     assert info.provides["scores"] == ["energy2"] and info.provides["datasets"] == ["toy2"]
+    assert info.provides["metrics"] == ["loss2"]
     # A recipe built only from the plugin's names trains like any other.
     from carl.config import load_recipe
     from carl.train import train
 
-    cfg = load_recipe("throwaway-tiny", ["train.max_steps=3", "train.checkpoint_every=null"])
+    cfg = load_recipe("throwaway-tiny", ["train.max_steps=3", "train.checkpoint_every=null", "eval.every_epochs=0.1",
+                                         "eval.metric={name: loss2, num_items: 32}"])
     assert cfg.model.score.name == "energy2" and cfg.data.name == "toy2"
     out = train(cfg, output=tmp_path / "run", progress=False)
     assert (out / "model.safetensors").exists()

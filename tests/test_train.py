@@ -90,3 +90,20 @@ def test_cli_errors_are_one_line():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown recipe key 'train.lrr'")
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluation_every_half_epoch_is_logged(tmp_path):
+    from carl.config import load_recipe
+    from carl.train import train
+
+    cfg = load_recipe("tiny", ["train.max_steps=16", "data.num_samples=256", "eval.every_epochs=0.5",
+                               "eval.metric={name: loss, num_items: 64}", "train.checkpoint_every=null"])
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train(cfg, output=tmp_path, progress=False)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("eval at step")]
+    assert [line.split(":")[0] for line in lines] == [f"eval at step {s} (epoch {s / 8:.2f})" for s in (4, 8, 12, 16)]
+    assert all("loss_train" in line for line in lines)

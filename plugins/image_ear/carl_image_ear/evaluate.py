@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from carl.metrics import Metric
 from carl.plugins import CarlError
 from carl.samples import tile
 
@@ -111,3 +112,33 @@ def save_eval_grid(images: torch.Tensor, path: Path, per_row: int = 10, rows: in
     path.parent.mkdir(parents=True, exist_ok=True)
     tile(np.ascontiguousarray(pictures), rows).save(path)
     return path
+
+
+@dataclass(frozen=True)
+class FIDConfig:
+    """``reference``: real-image statistics (.npz) or a folder of real images. ``num_images``:
+    generated per evaluation (class-balanced; 50,000 for reported figures, fewer during training)."""
+
+    reference: str = ""
+    num_images: int = 10_000
+    batch_size: int = 250
+    inception_weights: str | None = None
+    precision_recall: bool = False
+
+
+class FID(Metric):
+    """FID / IS (/ precision, recall) of class-balanced samples under the recipe's sampling settings."""
+
+    Config = FIDConfig
+
+    def __init__(self, config: FIDConfig):
+        if not config.reference:
+            raise ValueError("the fid metric needs `reference`: a statistics .npz file or a folder of real images")
+        self.config = config
+
+    def compute(self, model, recipe) -> dict[str, float]:
+        s, c = recipe.sample, self.config
+        settings = EvalSettings(num_images=c.num_images, batch_size=c.batch_size, num_steps=s.num_steps, cfg=s.cfg,
+                                cfg_schedule=s.cfg_schedule, temperature=s.temperature, seed=s.seed)
+        images = generate_images(model, settings, progress=False)
+        return fidelity_metrics(images, c.reference, inception_weights=c.inception_weights, precision_recall=c.precision_recall)

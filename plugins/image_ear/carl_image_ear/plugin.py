@@ -20,6 +20,13 @@ def register_datasets(register):
 
 
 @hookimpl
+def register_metrics(register):
+    from carl_image_ear.evaluate import FID
+
+    register("fid", FID)
+
+
+@hookimpl
 def register_recipes(register):
     register("image_ear", Path(__file__).parent / "recipes")
 

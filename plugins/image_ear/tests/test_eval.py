@@ -100,3 +100,13 @@ def test_eval_command_writes_grid_and_metrics(tiny_model, tmp_path, fake_fidelit
                                       "--batch-size", "10", "--steps", "2", "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "eval" / "grid.png").exists() and "fid" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_fid_during_training(tmp_path, fake_fidelity):
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(6), sigma=np.eye(6))
+    overrides = [*TINY, "train.max_steps=4", "sample.num_steps=2", "eval.every_epochs=0.004",  # every 2 of 500 steps/epoch
+                 f"eval.metric={{name: fid, reference: {tmp_path / 'ref.npz'}, num_images: 20, batch_size: 10}}"]
+    result = CliRunner().invoke(app, ["train", "mnist-ear", *overrides, "--output", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("eval at step") == 2 and "fid" in result.output
+    assert len(fake_fidelity.calls) == 2 and len(fake_fidelity.calls[0]["input1"]) == 20
