@@ -110,6 +110,18 @@ class Backbone(nn.Module):
             Block(width, config.heads, config.mlp_ratio, config.dropout, config.attn_dropout) for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(width, eps=1e-6)
+        if config.encoder_depth:  # MAR: the encoder sees the condition and the known tokens only
+            if not mask_token:
+                raise ValueError("backbone.encoder_depth (MAR's encoder-decoder) needs a bidirectional (masked) order")
+            self.encoder_pos_embed = nn.Parameter(torch.zeros(1, buffer + seq_len, width))
+            self.token_norm = nn.LayerNorm(width, eps=1e-6)
+            self.encoder_blocks = nn.ModuleList(
+                Block(width, config.heads, config.mlp_ratio, config.dropout, config.attn_dropout)
+                for _ in range(config.encoder_depth)
+            )
+            self.encoder_norm = nn.LayerNorm(width, eps=1e-6)
+            self.decoder_embed = nn.Linear(width, width)
+            self.head_pos_embed = nn.Parameter(torch.zeros(1, seq_len, width))  # added before the head
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -120,12 +132,19 @@ class Backbone(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for param in (self.pos_embed, self.mask_token, self.query_embed):
-            if param is not None:
-                nn.init.normal_(param, std=0.02)
+        for name in self.no_weight_decay():
+            if getattr(self, name, None) is not None:
+                nn.init.normal_(getattr(self, name), std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "mask_token", "query_embed"}
+        return {"pos_embed", "mask_token", "query_embed", "encoder_pos_embed", "head_pos_embed"}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """MAR's encoder over ``[condition ; known tokens]`` (already embedded, positions added)."""
+        x = self.token_norm(x)
+        for block in self.encoder_blocks:
+            x = block(x, causal=False)
+        return self.encoder_norm(x)
 
     def new_cache(self, batch: int, like: torch.Tensor) -> KVCache:
         width, heads = self.config.width, self.config.heads

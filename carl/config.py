@@ -60,7 +60,10 @@ class _NoOptions:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """The transformer: ``width``-wide, ``depth`` blocks, ``heads`` attention heads."""
+    """The transformer: ``width``-wide, ``depth`` blocks, ``heads`` attention heads.
+    ``encoder_depth`` > 0 makes it MAR's encoder-decoder (masked orders only): an encoder of that
+    many blocks over the condition and the known tokens alone, then ``depth`` decoder blocks
+    over all positions with mask tokens; 0 is EAR's decoder-only transformer."""
 
     width: int = 256
     depth: int = 4
@@ -68,6 +71,7 @@ class BackboneConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     attn_dropout: float = 0.1
+    encoder_depth: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

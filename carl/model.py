@@ -87,10 +87,25 @@ class ContinuousAR(
     def _hidden_bidirectional(self, tokens: torch.Tensor, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         """Known tokens and mask tokens attend to each other; returns ``(B, N, C)`` (buffer dropped)."""
         bb = self.backbone
+        if bb.config.encoder_depth:
+            return self._hidden_encoder_decoder(tokens, cond, known)
         x = bb.token_proj(tokens)  # (B, N, C)
         x = torch.where(known[..., None], x, bb.mask_token.to(x.dtype))
         x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.pos_embed  # (B, S + N, C)
         return bb(x, causal=False)[:, bb.buffer :]
+
+    def _hidden_encoder_decoder(self, tokens: torch.Tensor, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """MAR: the encoder runs over the condition and the known tokens only (every row knows as
+        many), the decoder over all positions with mask tokens where nothing is known."""
+        bb = self.backbone
+        b, s = tokens.shape[0], bb.buffer
+        x = bb.token_proj(tokens)
+        x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.encoder_pos_embed
+        keep = torch.cat([known.new_ones(b, s), known], dim=1)  # (B, S + N)
+        encoded = bb.decoder_embed(bb.encode(x[keep].view(b, -1, x.shape[-1])))
+        y = bb.mask_token.to(encoded.dtype).expand(b, keep.shape[1], -1).clone()
+        y[keep] = encoded.flatten(0, 1)
+        return bb(y + bb.pos_embed, causal=False)[:, s:] + bb.head_pos_embed
 
     def _causal_inputs(self, ordered: torch.Tensor, positions: torch.Tensor, next_positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``(B, L, C)`` at their positions, plus (random orders) the query of the

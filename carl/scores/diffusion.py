@@ -213,9 +213,13 @@ class DiffusionScore(ScoringRule):
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         r = self.config.batch_mul
         hidden, target = hidden.repeat(r, 1), target.float().repeat(r, 1)
-        t = torch.randint(0, len(self.train_schedule), (target.shape[0],), device=target.device)
-        losses = self.denoising_loss(lambda xt, t: self.net(xt, self.net.condition(hidden, t)), target, t)
+        t, noise = self.draw_levels(target), torch.randn_like(target)
+        losses = self.denoising_loss(lambda xt, t: self.net(xt, self.net.condition(hidden, t)), target, t, noise)
         return losses.view(r, -1).mean(0)
+
+    def draw_levels(self, target: torch.Tensor) -> torch.Tensor:
+        """One training noise level per row, uniform over the schedule."""
+        return torch.randint(0, len(self.train_schedule), (target.shape[0],), device=target.device)
 
     def denoising_loss(self, denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None):
         """Per-row ``mse + vb`` of ``denoiser`` on clean tokens ``x0 (M, D)`` at levels ``t (M,)``."""

@@ -1,6 +1,6 @@
-"""Official EAR checkpoints and MAR's KL-16 weights into carl.
+"""Official EAR and MAR checkpoints and MAR's KL-16 weights into carl.
 
-``carl convert ear checkpoint-last.pth OUT --vae kl16.ckpt`` writes a carl model folder (EMA
+``carl convert ear|mar checkpoint-last.pth OUT --vae kl16.ckpt`` writes a carl model folder (EMA
 weights by default) that ``carl sample`` uses directly; ``carl convert kl16 kl16.ckpt OUT``
 writes the tokenizer as safetensors. Checkpoints are read with ``weights_only=True`` (the
 ``argparse.Namespace`` of the training arguments is allow-listed, nothing else is unpickled);
@@ -21,13 +21,23 @@ from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
 
-EAR_HEADS = {"ear_base": 12, "ear_large": 16, "ear_huge": 16}
+EAR_HEADS = {"ear_base": 12, "ear_large": 16, "ear_huge": 16, "mar_base": 12, "mar_large": 16, "mar_huge": 16}
 # official EAR name prefix -> carl name prefix (the rest of each key is the same)
 EAR_NAMES = [
     ("class_emb.", "conditioner.class_emb."), ("fake_latent", "conditioner.fake_latent"),
     ("mask_token", "backbone.mask_token"), ("decoder_pos_embed_learned", "backbone.pos_embed"),
     ("z_proj.", "backbone.token_proj."), ("decoder_blocks.", "backbone.blocks."),
     ("decoder_norm.", "backbone.norm."), ("scoreloss.net.", "score.net."),
+]
+
+MAR_NAMES = [
+    ("class_emb.", "conditioner.class_emb."), ("fake_latent", "conditioner.fake_latent"),
+    ("mask_token", "backbone.mask_token"), ("encoder_pos_embed_learned", "backbone.encoder_pos_embed"),
+    ("decoder_pos_embed_learned", "backbone.pos_embed"), ("diffusion_pos_embed_learned", "backbone.head_pos_embed"),
+    ("z_proj_ln.", "backbone.token_norm."), ("z_proj.", "backbone.token_proj."),
+    ("encoder_blocks.", "backbone.encoder_blocks."), ("encoder_norm.", "backbone.encoder_norm."),
+    ("decoder_embed.", "backbone.decoder_embed."), ("decoder_blocks.", "backbone.blocks."),
+    ("decoder_norm.", "backbone.norm."), ("diffloss.net.", "score.net."),
 ]
 
 
@@ -85,6 +95,28 @@ def ear_model_config(state: dict, args: argparse.Namespace | None, vae: dict) ->
     })
 
 
+def mar_model_config(state: dict, args: argparse.Namespace | None, vae: dict) -> ModelConfig:
+    """carl's model config for an official MAR state dict: the encoder-decoder backbone and the diffusion head."""
+    width, token_dim = state["z_proj.weight"].shape
+    image_size = getattr(args, "img_size", 256)
+    return from_dict(ModelConfig, {
+        "tokenizer": {"name": "kl16", "image_size": image_size, **vae},
+        "conditioner": {"name": "class", "num_classes": state["class_emb.weight"].shape[0],
+                        "buffer": getattr(args, "buffer_size", state["encoder_pos_embed_learned"].shape[1] - (image_size // 16) ** 2),
+                        "label_drop": getattr(args, "label_drop_prob", 0.1)},
+        "order": {"name": "masked", "mask_ratio_min": getattr(args, "mask_ratio_min", 0.7)},
+        "backbone": {"width": width, "depth": count_indexed(state, "decoder_blocks."),
+                     "encoder_depth": count_indexed(state, "encoder_blocks."),
+                     "heads": EAR_HEADS.get(getattr(args, "model", ""), width // 64),
+                     "mlp_ratio": state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / width,
+                     "dropout": getattr(args, "proj_dropout", 0.1), "attn_dropout": getattr(args, "attn_dropout", 0.1)},
+        "score": {"name": "diffusion", "depth": count_indexed(state, "diffloss.net.res_blocks."),
+                  "width": state["diffloss.net.cond_embed.weight"].shape[0],
+                  "batch_mul": getattr(args, "diffusion_batch_mul", 4),
+                  "sample_steps": int(getattr(args, "num_sampling_steps", 100))},
+    })
+
+
 def rename(state: dict, names: list[tuple[str, str]]) -> dict:
     out = {}
     for key, value in state.items():
@@ -95,24 +127,26 @@ def rename(state: dict, names: list[tuple[str, str]]) -> dict:
     return out
 
 
-def convert_ear(checkpoint: Path, output: Path, vae: str, use_ema: bool = True) -> Path:
-    """Write a carl model folder for an official EAR checkpoint and the KL-16 weights ``vae``."""
+def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_ema: bool = True) -> Path:
+    """Write a carl model folder for an official ``ear`` or ``mar`` checkpoint and the KL-16 weights ``vae``."""
     official, args = read_official(checkpoint)
     key = "model_ema" if use_ema and "model_ema" in official else "model"
     state = official[key]
     vae_path = resolve_weights(vae, default_filename="kl16.ckpt")
     vae_state = load_state_file(vae_path)
-    config = ear_model_config(state, args, kl16_options(vae_state))
+    make_config, names = {"ear": (ear_model_config, EAR_NAMES), "mar": (mar_model_config, MAR_NAMES)}[kind]
+    config = make_config(state, args, kl16_options(vae_state))
     model = ContinuousAR(config)
     load_strict(model.tokenizer, vae_state, source=vae_path)
-    carl_state = rename(state, EAR_NAMES)
+    carl_state = rename(state, names)
     carl_state.update({f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()})
     load_strict(model, carl_state, source=f"{checkpoint} ({key})")
     model.save_pretrained(output)
     recipe = from_dict(RecipeConfig, {
         "model": to_dict(config),
         "data": {"name": "images", "image_size": config.tokenizer.options.image_size, "channels": 3},
-        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7, "rows": 4, "per_row": 8},
+        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7 if kind == "ear" else 1.0,
+                   "rows": 4, "per_row": 8},
         "output": str(output),
     })
     (output / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))

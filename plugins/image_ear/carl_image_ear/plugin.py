@@ -37,19 +37,24 @@ def register_commands(app):
 
     import typer
 
-    convert = typer.Typer(help="Bring official checkpoints (EAR, MAR's KL-16) into carl.", no_args_is_help=True)
+    convert = typer.Typer(help="Bring official checkpoints (EAR, MAR, MAR's KL-16) into carl.", no_args_is_help=True)
 
-    @convert.command("ear")
-    def ear(
-        checkpoint: Annotated[Path, typer.Argument(help="An official EAR checkpoint (checkpoint-last.pth).")],
-        output: Annotated[Path, typer.Argument(help="The carl model folder to write.")],
-        vae: Annotated[str, typer.Option("--vae", help="MAR's KL-16 weights: kl16.ckpt, .safetensors or a Hub reference.")],
-        raw: Annotated[bool, typer.Option("--raw", help="Convert the raw weights instead of the EMA ones.")] = False,
-    ) -> None:
-        """Convert an official EAR checkpoint into a carl model folder (for `carl sample`)."""
-        from carl_image_ear.convert import convert_ear
+    def official(kind: str):
+        def command(
+            checkpoint: Annotated[Path, typer.Argument(help=f"An official {kind.upper()} checkpoint (checkpoint-last.pth).")],
+            output: Annotated[Path, typer.Argument(help="The carl model folder to write.")],
+            vae: Annotated[str, typer.Option("--vae", help="MAR's KL-16 weights: kl16.ckpt, .safetensors or a Hub reference.")],
+            raw: Annotated[bool, typer.Option("--raw", help="Convert the raw weights instead of the EMA ones.")] = False,
+        ) -> None:
+            from carl_image_ear.convert import convert_official
 
-        typer.echo(f"model folder: {convert_ear(checkpoint, output, vae, use_ema=not raw)}")
+            typer.echo(f"model folder: {convert_official(kind, checkpoint, output, vae, use_ema=not raw)}")
+
+        command.__doc__ = f"Convert an official {kind.upper()} checkpoint into a carl model folder (for `carl sample`)."
+        convert.command(kind)(command)
+
+    official("ear")
+    official("mar")
 
     @convert.command("kl16")
     def kl16(

@@ -64,3 +64,83 @@ def loss(sd, hidden, tokens, mask, noise, batch_mul, alpha=1.0):
 
     per_row = dist(first, target) + dist(second, target) - dist(first, second)
     return (per_row * weight).sum() / weight.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# MAR (data/mar_b_layout.txt): encoder over [class tokens ; visible tokens], decoder with mask
+# tokens, a position embedding added before the diffusion head, the ADM diffusion loss.
+
+
+def mar_hidden_states(sd, tokens, mask, labels, heads):
+    b, n, _ = tokens.shape
+    x = linear(sd, "z_proj", tokens)
+    buffer = sd["encoder_pos_embed_learned"].shape[1] - n
+    x = torch.cat([sd["class_emb.weight"][labels][:, None].expand(-1, buffer, -1), x], dim=1)
+    x = layer_norm(sd, "z_proj_ln", x + sd["encoder_pos_embed_learned"])
+    visible = torch.cat([torch.ones(b, buffer, dtype=torch.bool), ~mask.bool()], dim=1)
+    x = x[visible].reshape(b, -1, x.shape[-1])
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("encoder_blocks.")})):
+        x = vit_block(sd, f"encoder_blocks.{i}", x, heads)
+    x = linear(sd, "decoder_embed", layer_norm(sd, "encoder_norm", x))
+    full = sd["mask_token"].expand(b, buffer + n, -1).clone()
+    full[visible] = x.reshape(-1, x.shape[-1])
+    x = full + sd["decoder_pos_embed_learned"]
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})):
+        x = vit_block(sd, f"decoder_blocks.{i}", x, heads)
+    return layer_norm(sd, "decoder_norm", x)[:, buffer:] + sd["diffusion_pos_embed_learned"]
+
+
+def cosine_tables(steps=1000):
+    import math
+
+    def alpha_bar(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)], dtype=torch.float64)
+    ab = torch.cumprod(1 - betas, 0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    post_var = betas * (1 - prev) / (1 - ab)
+    return dict(betas=betas, ab=ab, prev=prev, post_log_var=torch.log(torch.cat([post_var[1:2], post_var[1:]])))
+
+
+def denoiser(sd, x, t, c):
+    p = "diffloss.net"
+    half = 128
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    temb = linear(sd, f"{p}.time_embed.mlp.2", F.silu(linear(sd, f"{p}.time_embed.mlp.0", torch.cat([torch.cos(args), torch.sin(args)], -1))))
+    y = temb + linear(sd, f"{p}.cond_embed", c)
+    h = linear(sd, f"{p}.input_proj", x)
+    for i in range(len({k.split(".")[3] for k in sd if k.startswith(f"{p}.res_blocks.")})):
+        b = f"{p}.res_blocks.{i}"
+        shift, scale, gate = linear(sd, f"{b}.adaLN_modulation.1", F.silu(y)).chunk(3, dim=-1)
+        h = h + gate * linear(sd, f"{b}.mlp.2", F.silu(linear(sd, f"{b}.mlp.0", layer_norm(sd, f"{b}.in_ln", h) * (1 + scale) + shift)))
+    shift, scale = linear(sd, f"{p}.final_layer.adaLN_modulation.1", F.silu(y)).chunk(2, dim=-1)
+    return linear(sd, f"{p}.final_layer.linear", F.layer_norm(h, h.shape[-1:], eps=1e-6) * (1 + scale) + shift)
+
+
+def mar_loss(sd, hidden, tokens, mask, t, noise, batch_mul):
+    """MAR's loss (t > 0: mse + the KL term of the learned variance) over masked tokens.
+    ``t`` and ``noise`` cover every token: ``(batch_mul * B * N,)`` and ``(batch_mul * B * N, D)``."""
+    tab = cosine_tables()
+    d = tokens.shape[-1]
+    z = hidden.reshape(-1, hidden.shape[-1]).repeat(batch_mul, 1)
+    x0 = tokens.reshape(-1, d).repeat(batch_mul, 1)
+    weight = mask.reshape(-1).repeat(batch_mul)
+
+    def at(name):
+        return tab[name][t].float()[:, None]
+
+    ab, prev, beta = at("ab"), at("prev"), at("betas")
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    eps, v = denoiser(sd, xt, t, z).chunk(2, dim=-1)
+    mse = ((noise - eps) ** 2).mean(-1)
+    c1, c2 = beta * prev.sqrt() / (1 - ab), (1 - prev) * (1 - beta).sqrt() / (1 - ab)
+    pred_x0 = (1 / ab).sqrt() * xt - (1 / ab - 1).sqrt() * eps.detach()
+    true_mean, model_mean = c1 * x0 + c2 * xt, c1 * pred_x0 + c2 * xt
+    frac = (v + 1) / 2
+    model_lv = frac * torch.log(beta) + (1 - frac) * at("post_log_var")
+    true_lv = at("post_log_var")
+    kl = 0.5 * (-1 + model_lv - true_lv + torch.exp(true_lv - model_lv) + (true_mean - model_mean) ** 2 * torch.exp(-model_lv))
+    per_row = mse + kl.mean(-1) / torch.log(torch.tensor(2.0))
+    return (per_row * weight).sum() / weight.sum()

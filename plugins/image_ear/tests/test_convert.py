@@ -18,26 +18,27 @@ from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
 WIDTH, DEPTH, HEADS, HEAD_W, NOISE, BUFFER, N, D = 128, 2, 2, 64, 8, 4, 256, 16
 
 
-def official_ear_state(seed: int) -> dict:
-    """A random EAR checkpoint in the official key layout (small sizes)."""
+def random_maker(seed: int):
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape):
         return 0.05 * torch.randn(*shape, generator=g)
 
-    sd = {"fake_latent": r(1, WIDTH), "mask_token": r(1, 1, WIDTH), "decoder_pos_embed_learned": r(1, BUFFER + N, WIDTH),
-          "class_emb.weight": r(10, WIDTH), "z_proj.weight": r(WIDTH, D), "z_proj.bias": r(WIDTH),
-          "decoder_norm.weight": 1 + r(WIDTH), "decoder_norm.bias": r(WIDTH)}
-    for i in range(DEPTH):
-        b = f"decoder_blocks.{i}"
-        sd |= {f"{b}.norm1.weight": 1 + r(WIDTH), f"{b}.norm1.bias": r(WIDTH), f"{b}.attn.qkv.weight": r(3 * WIDTH, WIDTH),
-               f"{b}.attn.qkv.bias": r(3 * WIDTH), f"{b}.attn.proj.weight": r(WIDTH, WIDTH), f"{b}.attn.proj.bias": r(WIDTH),
-               f"{b}.norm2.weight": 1 + r(WIDTH), f"{b}.norm2.bias": r(WIDTH), f"{b}.mlp.fc1.weight": r(4 * WIDTH, WIDTH),
-               f"{b}.mlp.fc1.bias": r(4 * WIDTH), f"{b}.mlp.fc2.weight": r(WIDTH, 4 * WIDTH), f"{b}.mlp.fc2.bias": r(WIDTH)}
-    p = "scoreloss.net"
-    sd |= {f"{p}.noise_embed.weight": r(HEAD_W, NOISE), f"{p}.noise_embed.bias": r(HEAD_W),
-           f"{p}.input_proj.weight": r(HEAD_W, WIDTH), f"{p}.input_proj.bias": r(HEAD_W),
-           f"{p}.final_layer.linear.weight": r(D, HEAD_W), f"{p}.final_layer.linear.bias": r(D),
+    return r
+
+
+def vit_block_state(prefix: str, r) -> dict:
+    w = WIDTH
+    return {f"{prefix}.norm1.weight": 1 + r(w), f"{prefix}.norm1.bias": r(w), f"{prefix}.attn.qkv.weight": r(3 * w, w),
+            f"{prefix}.attn.qkv.bias": r(3 * w), f"{prefix}.attn.proj.weight": r(w, w), f"{prefix}.attn.proj.bias": r(w),
+            f"{prefix}.norm2.weight": 1 + r(w), f"{prefix}.norm2.bias": r(w), f"{prefix}.mlp.fc1.weight": r(4 * w, w),
+            f"{prefix}.mlp.fc1.bias": r(4 * w), f"{prefix}.mlp.fc2.weight": r(w, 4 * w), f"{prefix}.mlp.fc2.bias": r(w)}
+
+
+def head_state(p: str, r, first: dict, out: int) -> dict:
+    """An AdaLN MLP head (EAR's generator or MAR's denoiser): ``first`` holds its input layers."""
+    sd = dict(first)
+    sd |= {f"{p}.final_layer.linear.weight": r(out, HEAD_W), f"{p}.final_layer.linear.bias": r(out),
            f"{p}.final_layer.adaLN_modulation.1.weight": r(2 * HEAD_W, HEAD_W), f"{p}.final_layer.adaLN_modulation.1.bias": r(2 * HEAD_W)}
     for i in range(2):
         b = f"{p}.res_blocks.{i}"
@@ -45,6 +46,38 @@ def official_ear_state(seed: int) -> dict:
                f"{b}.mlp.0.bias": r(HEAD_W), f"{b}.mlp.2.weight": r(HEAD_W, HEAD_W), f"{b}.mlp.2.bias": r(HEAD_W),
                f"{b}.adaLN_modulation.1.weight": r(3 * HEAD_W, HEAD_W), f"{b}.adaLN_modulation.1.bias": r(3 * HEAD_W)}
     return sd
+
+
+def official_ear_state(seed: int) -> dict:
+    """A random EAR checkpoint in the official key layout (small sizes)."""
+    r = random_maker(seed)
+    sd = {"fake_latent": r(1, WIDTH), "mask_token": r(1, 1, WIDTH), "decoder_pos_embed_learned": r(1, BUFFER + N, WIDTH),
+          "class_emb.weight": r(10, WIDTH), "z_proj.weight": r(WIDTH, D), "z_proj.bias": r(WIDTH),
+          "decoder_norm.weight": 1 + r(WIDTH), "decoder_norm.bias": r(WIDTH)}
+    for i in range(DEPTH):
+        sd |= vit_block_state(f"decoder_blocks.{i}", r)
+    p = "scoreloss.net"
+    return sd | head_state(p, r, {f"{p}.noise_embed.weight": r(HEAD_W, NOISE), f"{p}.noise_embed.bias": r(HEAD_W),
+                                  f"{p}.input_proj.weight": r(HEAD_W, WIDTH), f"{p}.input_proj.bias": r(HEAD_W)}, D)
+
+
+def official_mar_state(seed: int) -> dict:
+    """A random MAR checkpoint in the official key layout (small sizes)."""
+    r = random_maker(seed)
+    sd = {"fake_latent": r(1, WIDTH), "mask_token": r(1, 1, WIDTH), "encoder_pos_embed_learned": r(1, BUFFER + N, WIDTH),
+          "decoder_pos_embed_learned": r(1, BUFFER + N, WIDTH), "diffusion_pos_embed_learned": r(1, N, WIDTH),
+          "class_emb.weight": r(10, WIDTH), "z_proj.weight": r(WIDTH, D), "z_proj.bias": r(WIDTH),
+          "z_proj_ln.weight": 1 + r(WIDTH), "z_proj_ln.bias": r(WIDTH), "encoder_norm.weight": 1 + r(WIDTH),
+          "encoder_norm.bias": r(WIDTH), "decoder_embed.weight": r(WIDTH, WIDTH), "decoder_embed.bias": r(WIDTH),
+          "decoder_norm.weight": 1 + r(WIDTH), "decoder_norm.bias": r(WIDTH)}
+    for i in range(DEPTH):
+        sd |= vit_block_state(f"encoder_blocks.{i}", r) | vit_block_state(f"decoder_blocks.{i}", r)
+    p = "diffloss.net"
+    return sd | head_state(p, r, {
+        f"{p}.time_embed.mlp.0.weight": r(HEAD_W, 256), f"{p}.time_embed.mlp.0.bias": r(HEAD_W),
+        f"{p}.time_embed.mlp.2.weight": r(HEAD_W, HEAD_W), f"{p}.time_embed.mlp.2.bias": r(HEAD_W),
+        f"{p}.cond_embed.weight": r(HEAD_W, WIDTH), f"{p}.cond_embed.bias": r(HEAD_W),
+        f"{p}.input_proj.weight": r(HEAD_W, D), f"{p}.input_proj.bias": r(HEAD_W)}, 2 * D)
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +161,63 @@ def test_refuses_checkpoints_that_need_unpickling_code(tmp_path, converted):
     result = CliRunner().invoke(app, ["convert", "ear", str(tmp_path / "evil.pth"), str(tmp_path / "out"), "--vae", "x"])
     assert result.exit_code != 0
     assert "cannot read checkpoint" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def converted_mar(converted):
+    _, _, tmp = converted
+    args = argparse.Namespace(img_size=256, buffer_size=BUFFER, diffusion_batch_mul=2, num_sampling_steps="20")
+    torch.save({"model": official_mar_state(2), "model_ema": official_mar_state(3), "args": args}, tmp / "mar.pth")
+    result = CliRunner().invoke(app, ["convert", "mar", str(tmp / "mar.pth"), str(tmp / "mar"), "--vae", str(tmp / "kl16.ckpt")])
+    assert result.exit_code == 0, result.output
+    model, _ = load_model(tmp / "mar")
+    return model.eval(), official_mar_state(3)
+
+
+def test_mar_b_layout_is_the_official_one():
+    from carl.config import ModelConfig, from_dict
+    from carl.model import ContinuousAR
+
+    config = from_dict(ModelConfig, {
+        "tokenizer": {"name": "patch", "shape": [16, 16, 16], "patch": [1, 1], "normalize": False},
+        "conditioner": {"name": "class", "num_classes": 1000, "buffer": 64},
+        "backbone": {"width": 768, "depth": 12, "encoder_depth": 12, "heads": 12},
+        "score": {"name": "diffusion", "depth": 6, "width": 1024}})
+    with torch.device("meta"):
+        model = ContinuousAR(config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
+    assert len(state) == 364 and sum(v.numel() for v in state.values()) == 207_924_768
+
+
+def test_mar_hidden_states_and_loss_equal_the_official_architecture(converted_mar, monkeypatch):
+    model, sd = converted_mar
+    c = model.config
+    assert (c.backbone.encoder_depth, c.backbone.depth, c.score.name, c.score.options.sample_steps) == (DEPTH, DEPTH, "diffusion", 20)
+    g = torch.Generator().manual_seed(7)
+    tokens, labels = torch.randn(2, N, D, generator=g), torch.tensor([1, 8])
+    mask = torch.zeros(2, N, dtype=torch.bool)
+    mask[:, torch.randperm(N, generator=g)[:200]] = True  # the same count per row, as MAR masks
+    with torch.no_grad():
+        expected = ref.mar_hidden_states(sd, tokens, mask, labels, heads=HEADS)
+        hidden = model._hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
+        torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
+
+        t = torch.randint(1, 1000, (2 * 2 * N,), generator=g)  # t > 0: MAR's t = 0 term is a discretised likelihood
+        noise = torch.randn(2 * 2 * N, D, generator=g)
+        expected_loss = ref.mar_loss(sd, expected, tokens, mask.float(), t, noise, batch_mul=2)
+        rows = torch.cat([mask.reshape(-1).nonzero()[:, 0] + k * 2 * N for k in range(2)])  # targets of each repeat
+        monkeypatch.setattr(model.score, "draw_levels", lambda target: t[rows])
+        monkeypatch.setattr(torch, "randn_like", lambda like: noise[rows])
+        loss = model.loss({"tokens": tokens, "condition": labels}, Plan(order=torch.arange(N).expand(2, N), known=~mask))
+        torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=0)
+
+
+def test_mar_samples_reproducibly(converted_mar):
+    model, _ = converted_mar
+
+    def draw():
+        return model.generate(torch.tensor([4, 5]), num_steps=3, cfg=2.0, generator=torch.Generator().manual_seed(0), return_tokens=True)
+
+    first = draw()
+    assert first.shape == (2, N, D) and torch.isfinite(first).all()
+    torch.testing.assert_close(first, draw(), atol=0, rtol=0)
