@@ -97,6 +97,23 @@ def sample(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def push(
+    checkpoint: Annotated[str, typer.Argument(help="A model folder (a training output).")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub repository: user/name.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Publish the latest checkpoint's raw weights, not the EMA ones.")] = False,
+) -> None:
+    """Publish a model folder on the Hugging Face Hub (weights, config, recipe, model card, samples)."""
+    from accelerate import PartialState
+
+    from carl.hub import push as push_folder
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one upload
+        return
+    typer.echo(f"pushed: {push_folder(checkpoint, repo_id, private=private, raw=raw)}")
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """List the shipped recipes (from carl and every plugin)."""

@@ -51,6 +51,7 @@ class PluginInfo:
     module: str
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    distribution: str | None = None  # what `pip install` takes
 
 
 class Registry:
@@ -108,7 +109,7 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
         if allowed is not None and ep.name not in allowed:
             continue
         version = ep.dist.version if ep.dist is not None else "?"
-        info = PluginInfo(name=ep.name, version=version, module=ep.value)
+        info = PluginInfo(name=ep.name, version=version, module=ep.value, distribution=ep.dist.name if ep.dist else None)
         infos[ep.name] = info
         try:
             pm.register(ep.load(), name=ep.name)

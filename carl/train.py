@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from carl.cache import is_complete, load_cache
 from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
+from carl.hub import write_model_folder_extras
 from carl.model import ContinuousAR
 from carl.plugins import CarlError
 from carl.samples import save_sample_grid
@@ -141,6 +142,7 @@ class Trainer:
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
         self.optimizer, self.scheduler = self._setup_optimizer()
         every = self.cfg.eval.every_epochs
+        self.last_loss = None
         self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
         self.metric = self.cfg.eval.metric.build("metrics") if every else None
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
@@ -259,9 +261,14 @@ class Trainer:
             shutil.rmtree(old)
 
     def export(self) -> None:
-        """The output folder as a model folder: EMA weights, config.json and the resolved recipe."""
+        """The output folder as a model folder: EMA weights, config.json, the resolved recipe,
+        the plugin requirements and a model card."""
         self.ema.module.save_pretrained(self.output)
-        (self.output / "recipe.yaml").write_text(dump_recipe(self.cfg))
+        figures = {"steps": self.step, "epochs": f"{self.step / self.steps_per_epoch:.2f}",
+                   "global batch": self.cfg.train.global_batch, "learning rate": f"{learning_rate(self.cfg.train):.2e}"}
+        if self.last_loss is not None:
+            figures["training loss (last logged)"] = f"{self.last_loss:.4f}"
+        write_model_folder_extras(self.output, self.cfg, figures)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -304,10 +311,12 @@ class Trainer:
                     break
             epoch, skip = epoch + 1, 0
         bar.close()
+        self.sample_grid()
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
-            self.save_checkpoint()
-        self.sample_grid()
+            self.save_checkpoint()  # exports the model folder, with the final grid in its card
+        elif self.accelerator.is_main_process:
+            self.export()
         return self.output
 
     def _set_train_temperature(self) -> None:
@@ -317,6 +326,7 @@ class Trainer:
 
     def _log(self, loss: torch.Tensor, steps_per_s: float, bar: tqdm) -> None:
         loss = self.accelerator.reduce(loss, reduction="mean").item()
+        self.last_loss = loss
         lr = self.scheduler.get_last_lr()[0]
         samples_per_s = steps_per_s * self.cfg.train.global_batch
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.0f}")

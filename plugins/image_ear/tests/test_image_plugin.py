@@ -65,6 +65,10 @@ def test_mnist_recipe_trains_and_draws_a_grid(tmp_path):
     ]
     result = CliRunner().invoke(app, ["train", "mnist-ear", *overrides, "--output", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "![samples](samples.png)" in (tmp_path / "README.md").read_text()
+    import json
+
+    assert json.loads((tmp_path / "carl.json").read_text())["plugins"] == {"image_ear": {"distribution": "carl-image-ear", "version": "0.1.0"}}
     grid = Image.open(tmp_path / "samples.png")
     assert grid.size == (2 * 32, 10 * 32)  # one row per digit, 28 px + 2 x 2 px padding
     result = CliRunner().invoke(app, ["sample", str(tmp_path), "--labels", "3,7", "--num", "4", "--steps", "4", "--out", str(tmp_path / "s.png")])
