@@ -147,6 +147,7 @@ class ContinuousAR(
         generator: torch.Generator | None = None,
         progress: bool = False,
         return_tokens: bool = False,
+        prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate a batch: decoded data, or tokens ``(B, N, D)`` with ``return_tokens``.
 
@@ -159,15 +160,23 @@ class ContinuousAR(
             temperature: the scoring rule's sampling temperature.
             generator: seeds the order and the sampling noise.
             progress: show a progress bar over generation steps.
+            prompt: tokens ``(B, K, D)`` given for the first K positions (causal order only):
+                they are read in one pass and the rest is generated after them (forecasting,
+                completion). The result holds them unchanged.
         """
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if prompt is not None:
+            if self.order.attention != "causal" or self.order.query_next:
+                raise ValueError("a prompt needs the causal order (the first positions are the given ones)")
+            batch_size = len(prompt)
         if condition is None and batch_size is None:
             raise ValueError("give either condition or batch_size")
         device = self.backbone.pos_embed.device
         if condition is not None:
             condition = condition.to(device)
             batch_size = len(condition)
+
         was_training = self.training
         self.eval()
         try:
@@ -182,7 +191,7 @@ class ContinuousAR(
             if self.order.attention == "bidirectional":
                 tokens = self._generate_bidirectional(cond, order, steps, **sampler)
             else:
-                tokens = self._generate_causal(cond, order, steps, **sampler)
+                tokens = self._generate_causal(cond, order, steps, prompt=prompt, **sampler)
         finally:
             self.train(was_training)
         return tokens if return_tokens else self.tokenizer.decode(tokens)
@@ -212,14 +221,22 @@ class ContinuousAR(
             known_before = known_after
         return tokens
 
-    def _generate_causal(self, cond, order, steps, **sampler) -> torch.Tensor:
+    def _generate_causal(self, cond, order, steps, prompt=None, **sampler) -> torch.Tensor:
         batch, n, d = order.shape[0], self.tokenizer.num_tokens, self.tokenizer.token_dim
         rows = cond.shape[0] // batch
         order_rows = order.repeat(rows, 1)
         cache = self.backbone.new_cache(cond.shape[0], like=cond)
-        hidden = self.backbone(self._prefix(cond, order_rows[:, 0]), causal=True, cache=cache)[:, -1]
+        x = self._prefix(cond, order_rows[:, 0])
         ordered = cond.new_zeros(batch, n, d, dtype=torch.float32)
+        given = 0 if prompt is None else prompt.shape[1]
+        if given:  # the prompt goes through in the same pass as the condition
+            ordered[:, :given] = prompt.to(ordered)
+            tokens = ordered[:, :given].repeat(rows, 1, 1).to(cond.dtype)
+            x = torch.cat([x, self._causal_inputs(tokens, order_rows[:, :given], order_rows[:, 1 : given + 1])], dim=1)
+        hidden = self.backbone(x, causal=True, cache=cache)[:, -1]
         for i, known_after in enumerate(steps):
+            if i < given:
+                continue
             ordered[:, i] = self._sample(hidden, known_after, **sampler)
             if i + 1 < n:
                 token = ordered[:, i : i + 1].repeat(rows, 1, 1).to(cond.dtype)

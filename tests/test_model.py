@@ -97,3 +97,18 @@ def test_label_dropout_uses_unconditional_embedding():
     torch.testing.assert_close(dropped[1], model.conditioner(labels, 2)[1])
     with pytest.raises(ValueError, match="class labels must lie in"):
         model.conditioner(torch.tensor([4]), 1)
+
+
+def test_prompted_causal_generation_continues_the_prompt():
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config("causal", conditioner="none")).eval()
+    prompt = torch.randn(3, 5, 2)
+    out = model.generate(batch_size=3, prompt=prompt, generator=torch.Generator().manual_seed(1), return_tokens=True)
+    assert out.shape == (3, 8, 2) and torch.equal(out[:, :5], prompt)
+    # The first generated token is the head's draw at the teacher-forced hidden state after the prompt.
+    cond = model.conditioner(None, 3)
+    hidden = model._hidden_causal(out, cond, torch.arange(8).expand(3, 8))
+    expected = model.score.sample(hidden[:, 5], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out[:, 5], expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs the causal order"):
+        ContinuousAR(tiny_model_config("masked")).generate(prompt=prompt)
