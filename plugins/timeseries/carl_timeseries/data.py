@@ -1,0 +1,66 @@
+"""US macroeconomic quarterly series (statsmodels' ``macrodata``, shipped inside its wheel).
+
+Channels (1959Q2-2009Q3, 202 quarters): annualised growth of real GDP and of real consumption
+(400 x the quarterly log difference, in %), the unemployment rate (%) and CPI inflation (%).
+Split in time: ``train`` windows lie entirely in 1959Q2-1999Q4; ``validation`` windows forecast
+from every quarter of 2000Q1 on whose horizon is observed, with the preceding ``context``
+quarters (which may reach back into the training years) as the past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Array2D, Dataset, Features
+
+from carl.data import DataSource
+
+CHANNELS = ("gdp growth", "consumption growth", "unemployment", "inflation")
+FIRST_VALIDATION_YEAR = 2000
+
+
+def macro_table() -> tuple[np.ndarray, np.ndarray]:
+    """``(202, 4)`` float32 series and the ``(202,)`` year of each quarter."""
+    import statsmodels.api as sm
+
+    d = sm.datasets.macrodata.load_pandas().data
+    growth = 400 * np.diff(np.log(d[["realgdp", "realcons"]].to_numpy()), axis=0)
+    levels = d[["unemp", "infl"]].to_numpy()[1:]
+    return np.concatenate([growth, levels], axis=1).astype(np.float32), d["year"].to_numpy()[1:]
+
+
+@dataclass(frozen=True)
+class MacroConfig:
+    """``context`` past quarters and ``horizon`` forecast quarters per window (stride 1)."""
+
+    context: int = 24
+    horizon: int = 8
+
+
+class MacroSeries(DataSource):
+    """Windows ``{"data": (context + horizon, 4)}`` of the macro series; split in time (module doc)."""
+
+    Config = MacroConfig
+
+    def __init__(self, config: MacroConfig):
+        self.config = config
+
+    def windows(self, split: str) -> np.ndarray:
+        series, years = macro_table()
+        length = self.config.context + self.config.horizon
+        first_val = int(np.argmax(years >= FIRST_VALIDATION_YEAR))  # index of 2000Q1
+        if split == "train":
+            starts = range(0, first_val - length + 1)
+        elif split == "validation":  # forecast origins 2000Q1 ... (the horizon must be observed)
+            starts = range(first_val - self.config.context, len(series) - length + 1)
+        else:
+            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        return np.stack([series[s : s + length] for s in starts])
+
+    def dataset(self, split: str = "train") -> Dataset:
+        windows = self.windows(split)
+        return Dataset.from_dict({"data": windows}, features=Features({"data": Array2D(windows.shape[1:], "float32")})).with_format("torch")
+
+    def render(self, data):
+        return None  # not pictured as a grid; benchmarks/timeseries.py draws fan charts

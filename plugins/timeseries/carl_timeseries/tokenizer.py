@@ -1,0 +1,62 @@
+"""Windows of a multivariate series <-> tokens of P steps x C channels, normalised per series."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+
+from carl.tokenizers.base import Tokenizer
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """A window of ``length`` steps of ``channels`` values cut into patches of ``patch`` steps.
+    Each window is standardised per channel with the mean and spread of its first ``context``
+    steps only (the past), so the future never leaks into the scale. ``min_std`` floors the
+    spread of flat series."""
+
+    length: int = 32
+    channels: int = 4
+    patch: int = 4
+    context: int = 24
+    min_std: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.length % self.patch or self.context % self.patch or not 0 < self.context <= self.length:
+            raise ValueError(f"length {self.length} and context {self.context} must be multiples of patch {self.patch}, context <= length")
+
+
+class SeriesTokenizer(Tokenizer):
+    """``(B, length, channels)`` -> ``(B, length / patch, patch * channels)`` tokens.
+
+    ``encode`` standardises with the context's statistics; ``decode`` returns the series in those
+    standardised units; :meth:`normalize` / :meth:`denormalize` give and undo the scale, so a
+    forecast is read in the original units with the statistics of its own past.
+    """
+
+    Config = SeriesConfig
+
+    def __init__(self, config: SeriesConfig):
+        super().__init__()
+        self.config = config
+        self.num_tokens = config.length // config.patch
+        self.token_dim = config.patch * config.channels
+        self.context_tokens = config.context // config.patch
+
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        past = x[:, : self.config.context].float()
+        mean = past.mean(1, keepdim=True)
+        std = past.std(1, keepdim=True).clamp_min(self.config.min_std)
+        return (x.float() - mean) / std, mean, std
+
+    @staticmethod
+    def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return x * std + mean
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.normalize(x)[0], "b (n p) c -> b n (p c)", p=self.config.patch)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return rearrange(tokens.float(), "b n (p c) -> b (n p) c", p=self.config.patch)
