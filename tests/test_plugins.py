@@ -158,3 +158,118 @@ def test_every_hookspec_is_exercised_by_a_test():
     sources = "".join(p.read_text() for p in Path(__file__).parents[1].rglob("test_*.py"))
     missing = [name for name in specs if f"def {name}" not in sources]
     assert not missing, f"hookspecs without a test that implements them: {missing}"
+
+
+PLUGIN_SOURCE = '''
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, Features
+
+from carl.data import DataSource
+from carl.hookspecs import hookimpl
+from carl.tokenizers.base import Tokenizer
+
+
+@dataclass(frozen=True)
+class WalkConfig:
+    num_samples: int = 256
+    length: int = 6
+
+
+class RandomWalks(DataSource):
+    Config = WalkConfig
+
+    def __init__(self, config):
+        self.config = config
+
+    def dataset(self, split="train"):
+        rng = np.random.default_rng(0)
+        walks = rng.standard_normal((self.config.num_samples, self.config.length, 1)).cumsum(1).astype(np.float32)
+        return Dataset.from_dict({"data": walks}, features=Features({"data": Array2D((self.config.length, 1), "float32")})).with_format("torch")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    length: int = 6
+
+
+class Increments(Tokenizer):
+    """Each token is the step from the previous value (the first from 0)."""
+
+    Config = StepConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.num_tokens, self.token_dim = config, config.length, 1
+
+    def encode(self, x):
+        return torch.diff(x, dim=1, prepend=torch.zeros_like(x[:, :1]))
+
+    def decode(self, tokens):
+        return tokens.cumsum(1)
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("increments", Increments)
+
+
+@hookimpl
+def register_datasets(register):
+    register("walks", RandomWalks)
+
+
+@hookimpl
+def register_recipes(register):
+    register("walks", Path(__file__).parent / "recipes")
+'''
+
+RECIPE = """
+model:
+  tokenizer: {name: increments, length: 6}
+  conditioner: {name: none}
+  order: {name: causal}
+  backbone: {width: 16, depth: 1, heads: 2}
+  score: {name: energy, width: 16, depth: 1, noise_dim: 4}
+data: {name: walks}
+train: {global_batch: 32, max_steps: 4, tracker: none, sample_every: null, checkpoint_every: null}
+sample: {num_steps: 6, rows: 2, per_row: 2}
+"""
+
+
+def test_a_separately_installed_distribution_is_discovered_and_trains(fresh, tmp_path, monkeypatch):
+    """A plugin built as its own distribution (package + dist-info with an entry point) in a
+    temporary folder on sys.path: carl finds it through importlib.metadata, with no change to carl."""
+    root = tmp_path / "site"
+    package = root / "carl_walks"
+    (package / "recipes").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text(PLUGIN_SOURCE)
+    (package / "recipes" / "walks-tiny.yaml").write_text(RECIPE)
+    info = root / "carl_walks-0.3.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: carl-walks\nVersion: 0.3.0\n")
+    (info / "entry_points.txt").write_text("[carl]\nwalks = carl_walks.plugin\n")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("CARL_PLUGINS", "walks")
+    load_plugins(force=True)
+
+    walks = {i.name: i for i in plugin_infos()}["walks"]
+    assert (walks.version, walks.distribution, walks.error) == ("0.3.0", "carl-walks", None)
+    assert walks.provides == {"tokenizers": ["increments"], "datasets": ["walks"], "recipes": ["walks"]}
+    from typer.testing import CliRunner
+
+    from carl.cli import app
+
+    listing = CliRunner().invoke(app, ["plugins"])
+    assert "walks 0.3.0" in listing.output and "tokenizers: increments" in listing.output
+    from carl.config import load_recipe
+    from carl.train import train
+
+    out = train(load_recipe("walks-tiny"), output=tmp_path / "run", progress=False)
+    import json
+
+    assert json.loads((out / "carl.json").read_text())["plugins"] == {"walks": {"distribution": "carl-walks", "version": "0.3.0"}}
