@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from carl.scores.base import Guidance, ScoringRule
-from carl.scores.generator import FinalLayer, ResBlock
+from carl.scores.generator import FinalLayer, ResBlock, init_adaln_mlp
 from carl.scores.log_score import HALF_LOG_2PI, standard_normal
 
 # A denoiser: (noisy tokens (M, D), timesteps (M,) or (1,), hidden (M, C)) -> (eps (M, D), variance logits (M, D)).
@@ -153,16 +153,9 @@ class MLPDenoiser(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_adaln_mlp(self)
         for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
-        zero = [block.adaLN_modulation[-1] for block in self.res_blocks]
-        for layer in zero + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def condition(self, hidden: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The AdaLN input; ``t`` of shape ``(1,)`` is embedded once and broadcast."""

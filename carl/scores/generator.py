@@ -36,6 +36,19 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+def init_adaln_mlp(net: nn.Module) -> None:
+    """Xavier-uniform linears with zero biases, then zero modulations and output layer: an AdaLN
+    MLP (``res_blocks``, ``final_layer``) that starts as the constant 0 (EAR, MAR)."""
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    zero = [block.adaLN_modulation[-1] for block in net.res_blocks]
+    for layer in zero + [net.final_layer.adaLN_modulation[-1], net.final_layer.linear]:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 class MLPGenerator(nn.Module):
     """Maps a hidden state and a noise vector to a token: ``G(h, eps)``.
 
@@ -54,16 +67,7 @@ class MLPGenerator(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for block in self.res_blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        init_adaln_mlp(self)
 
     def forward(self, hidden: torch.Tensor, noise: torch.Tensor, shift_scale: float = 1.0) -> torch.Tensor:
         """``hidden (T, C)``, ``noise (K T, E)`` -> tokens ``(K T, D)``: K draws per hidden state,

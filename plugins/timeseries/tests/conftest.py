@@ -1,19 +1,10 @@
-import os
-
 import pytest
+
+from carl.testing import only_plugins
 
 
 @pytest.fixture(autouse=True, scope="module")
 def timeseries_plugin():
     """Load the plugin through its entry point (the core suite loads none)."""
-    from carl.plugins import load_plugins
-
-    previous = os.environ.get("CARL_PLUGINS")
-    os.environ["CARL_PLUGINS"] = "timeseries"
-    load_plugins(force=True)
-    yield
-    if previous is None:
-        del os.environ["CARL_PLUGINS"]
-    else:
-        os.environ["CARL_PLUGINS"] = previous
-    load_plugins(force=True)
+    with only_plugins("timeseries"):
+        yield
