@@ -14,7 +14,7 @@ from carl.cli import app
 from carl.plugins import CarlError, register_commands
 from carl_image_ear.evaluate import EvalSettings, balanced_labels, fidelity_metrics, generate_images
 
-TINY = ["train.max_steps=2", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1",
+TINY = ["train.max_steps=2", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1", "model.backbone.encoder_depth=1",
         "model.score.width=32", "model.score.depth=1", "train.tracker=none", "train.sample_every=null"]
 
 

@@ -60,7 +60,7 @@ def test_local_image_folder(tmp_path):
 
 def test_mnist_recipe_trains_and_draws_a_grid(tmp_path):
     overrides = [
-        "train.max_steps=2", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1",
+        "train.max_steps=2", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1", "model.backbone.encoder_depth=1",
         "model.score.width=32", "model.score.depth=1", "sample.num_steps=4", "sample.per_row=2", "train.tracker=none",
     ]
     result = CliRunner().invoke(app, ["train", "mnist-ear", *overrides, "--output", str(tmp_path), "--no-progress"])
