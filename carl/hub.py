@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import HfApi, snapshot_download
 
-from carl.config import RecipeConfig, from_dict, to_dict
+from carl.config import RecipeConfig, dump_recipe, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.plugins import CarlError, plugin_infos, registry
 
@@ -113,7 +113,7 @@ def model_card(recipe: RecipeConfig, figures: dict | None = None, samples: bool 
 
 def write_model_folder_extras(folder: Path, recipe: RecipeConfig, figures: dict | None = None) -> None:
     """``recipe.yaml``, ``carl.json`` and ``README.md`` beside the weights."""
-    (folder / RECIPE_FILE).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    (folder / RECIPE_FILE).write_text(dump_recipe(recipe))
     (folder / REQUIREMENTS_FILE).write_text(json.dumps(requirements(recipe), indent=2))
     (folder / "README.md").write_text(model_card(recipe, figures, samples=(folder / "samples.png").exists()))
 

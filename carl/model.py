@@ -62,7 +62,7 @@ class ContinuousAR(
         return self.tokenizer.from_cache(batch)
 
     def loss(self, batch: dict, plan: Plan | None = None) -> torch.Tensor:
-        """Mean loss over the target tokens of ``batch`` (keys ``data`` or ``tokens``, optional ``condition``)."""
+        """Mean loss over the target tokens of ``batch`` (``data`` or token-cache rows, optional ``condition``)."""
         tokens = self.encode(batch)
         b, n, _ = tokens.shape
         plan = plan or self.order.plan(b, n, device=tokens.device)
@@ -176,7 +176,6 @@ class ContinuousAR(
         if condition is not None:
             condition = condition.to(device)
             batch_size = len(condition)
-
         was_training = self.training
         self.eval()
         try:

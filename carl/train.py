@@ -264,6 +264,10 @@ class Trainer:
         """The output folder as a model folder: EMA weights, config.json, the resolved recipe,
         the plugin requirements and a model card."""
         self.ema.module.save_pretrained(self.output)
+        self._write_extras()
+
+    def _write_extras(self) -> None:
+        """``recipe.yaml``, ``carl.json`` and the model card, with this run's figures."""
         figures = {"steps": self.step, "epochs": f"{self.step / self.steps_per_epoch:.2f}",
                    "global batch": self.cfg.train.global_batch, "learning rate": f"{learning_rate(self.cfg.train):.2e}"}
         if self.last_loss is not None:
@@ -315,8 +319,8 @@ class Trainer:
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
             self.save_checkpoint()  # exports the model folder, with the final grid in its card
-        elif self.accelerator.is_main_process:
-            self.export()
+        elif self.accelerator.is_main_process:  # weights already exported: refresh the card (now with the grid)
+            self._write_extras()
         return self.output
 
     def _set_train_temperature(self) -> None:

@@ -14,10 +14,9 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
-from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
+from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
 
@@ -149,7 +148,7 @@ def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_em
                    "rows": 4, "per_row": 8},
         "output": str(output),
     })
-    (output / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    (output / "recipe.yaml").write_text(dump_recipe(recipe))
     return output
 
 
