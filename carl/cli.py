@@ -16,6 +16,15 @@ plugins_app = typer.Typer(help="Installed plugins and what they provide.")
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(plugins_app, name="plugins", invoke_without_command=True)
 
+
+def _add_tokenizer_app() -> None:
+    from carl.cli_tokenizer import tokenizer_app
+
+    app.add_typer(tokenizer_app, name="tokenizer")
+
+
+_add_tokenizer_app()
+
 _state = {"debug": False}
 
 

@@ -145,6 +145,41 @@ class RecipeConfig:
     cache: str | None = None  # a token cache folder (`carl cache`): training reads it instead of encoding data
 
 
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """The tokenizer job's loss, per sample: ``reconstruction`` error (``mse``, ``l1``, or ``bce`` for
+    data in [0, 1] with a ``sigmoid`` output), averaged over values, plus ``kl_weight`` x the KL of
+    the posterior to N(0, I), averaged over latent values."""
+
+    reconstruction: Literal["mse", "l1", "bce"] = "mse"
+    kl_weight: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TokenizerEvalConfig:
+    """Held-out reconstruction figures (MSE, PSNR, KL) on ``samples`` items of ``split`` every
+    ``every_epochs`` epochs and at the end; the latent normalisation is measured on
+    ``normalize_samples`` training items; the reconstruction grid shows ``preview_rows`` pairs of rows."""
+
+    split: str = "validation"
+    every_epochs: float | None = 1.0
+    samples: int = 1000
+    normalize_samples: int = 4096
+    preview_rows: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerRecipeConfig:
+    """A recipe whose top level trains a tokenizer (``tokenizer:`` instead of ``model:``)."""
+
+    tokenizer: Component = component("tokenizers")
+    loss: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    data: Component = component("datasets")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: TokenizerEvalConfig = field(default_factory=TokenizerEvalConfig)
+    output: str = "runs/tokenizer"
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -327,13 +362,19 @@ def read_recipe(path: Path, _children: tuple[Path, ...] = ()) -> dict:
     return merge_recipe(base, data)
 
 
-def load_recipe(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+def recipe_class(data: dict) -> type:
+    """A recipe with a top-level ``tokenizer`` (and no ``model``) trains a tokenizer; any other an AR model."""
+    return TokenizerRecipeConfig if "tokenizer" in data and "model" not in data else RecipeConfig
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig | TokenizerRecipeConfig:
     """Load (following ``extends``), override and validate a recipe given by path or shipped name."""
     path = resolve_recipe_path(recipe)
     data = read_recipe(path)
     data.setdefault("output", f"runs/{path.stem}")
-    return from_dict(RecipeConfig, apply_overrides(data, list(overrides)))
+    data = apply_overrides(data, list(overrides))
+    return from_dict(recipe_class(data), data)
 
 
-def dump_recipe(cfg: RecipeConfig) -> str:
+def dump_recipe(cfg: RecipeConfig | TokenizerRecipeConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

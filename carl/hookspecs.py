@@ -46,5 +46,11 @@ def register_recipes(register):
 
 
 @hookspec
+def register_pretrained(register):
+    """Register folders shipped inside a package (a trained tokenizer, say) under a name that
+    recipes can use as a path: ``register("mnist-ae", Path(...))``."""
+
+
+@hookspec
 def register_commands(app):
     """Add typer commands or sub-apps to the ``carl`` CLI ``app``."""

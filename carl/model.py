@@ -1,12 +1,14 @@
 """ContinuousAR: tokenizer + conditioner + order + backbone + scoring rule."""
 
+import dataclasses
+
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
 from carl.backbone import Backbone
-from carl.config import ModelConfig, from_dict, to_dict
+from carl.config import Component, ModelConfig, from_dict, to_dict
 from carl.orders.base import Plan
 from carl.scores.base import Guidance
 
@@ -30,10 +32,11 @@ class ContinuousAR(
         super().__init__()
         if isinstance(config, dict):  # from config.json; the Hub mixin decodes dataclasses only shallowly
             config = from_dict(ModelConfig, config, "config")
-        self.config = config
-        self._hub_mixin_config = to_dict(config)  # what save_pretrained writes to config.json
         self.tokenizer = config.tokenizer.build("tokenizers")
         self.tokenizer.requires_grad_(False)
+        config = _with_resolved_tokenizer(config, self.tokenizer)
+        self.config = config
+        self._hub_mixin_config = to_dict(config)  # what save_pretrained writes to config.json
         self.order = config.order.build("orders")
         self.conditioner = config.conditioner.build("conditioners", width=config.backbone.width)
         self.backbone = Backbone(
@@ -244,3 +247,13 @@ class ContinuousAR(
         tokens = torch.empty_like(ordered)
         tokens.scatter_(1, order[..., None].expand_as(ordered), ordered)
         return tokens
+
+
+def _with_resolved_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
+    """The config with the tokenizer's resolved options (a tokenizer given by ``path`` reads its
+    architecture from that folder): config.json then rebuilds it without the folder."""
+    resolved = getattr(tokenizer, "config", None)
+    options = config.tokenizer.options
+    if type(resolved) is not type(options) or resolved == options:
+        return config
+    return dataclasses.replace(config, tokenizer=Component(config.tokenizer.name, resolved))

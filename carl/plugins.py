@@ -32,6 +32,7 @@ KINDS = {
     "datasets": "dataset",
     "metrics": "metric",
     "recipes": "recipe folder",
+    "pretrained": "pretrained folder",
 }
 
 
@@ -176,6 +177,11 @@ def recipe_files() -> dict[str, Path]:
         for path in sorted(Path(folder).glob("*.yaml")):
             recipes.setdefault(path.stem, path)
     return recipes
+
+
+def pretrained_folders() -> dict[str, Path]:
+    """Every shipped pretrained folder (a tokenizer or model folder inside a package): name -> path."""
+    return {name: Path(folder) for name, folder in registry("pretrained").items()}
 
 
 def register_commands(app: Any) -> None:

@@ -19,15 +19,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from carl.cache import is_complete, load_cache
-from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
+from carl.config import RecipeConfig, TokenizerRecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
-from carl.hub import write_model_folder_extras
-from carl.model import ContinuousAR
+from carl.jobs import job_for
+from carl.jobs.ar import param_groups, train_temperature  # noqa: F401 (part of carl.train's API)
 from carl.plugins import CarlError
-from carl.samples import save_sample_grid
 
 CHECKPOINTS = "checkpoints"
-FIT_SAMPLES = 4096
 
 
 @dataclass
@@ -64,36 +62,6 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_temperature(schedule: tuple[tuple[float, float], ...], epoch: float) -> float:
-    """The value of the last ``(from_epoch, temperature)`` pair that has started."""
-    current = 1.0
-    for start, value in sorted(schedule):
-        if epoch >= start:
-            current = value
-    return current
-
-
-def param_groups(model: ContinuousAR, train: TrainConfig, lr: float) -> list[dict]:
-    """AdamW groups: no decay on biases, norms, positions and mask tokens; the head at ``head_lr_scale``."""
-    skip = model.no_weight_decay()
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = param.ndim >= 2 and name not in skip
-        head = name.startswith("score.")
-        groups.setdefault((decay, head), []).append(param)
-    return [
-        {
-            "params": params,
-            "weight_decay": train.weight_decay if decay else 0.0,
-            "lr": lr * (train.head_lr_scale if head else 1.0),
-            "lr_scale": train.head_lr_scale if head else 1.0,
-        }
-        for (decay, head), params in sorted(groups.items())
-    ]
-
-
 def ema_update(decay: float):
     """EMA with warm-up: the decay at update n is ``min(decay, (1 + n) / (10 + n))``, so a short run
     is not dominated by its initial weights (0.999^1000 would still give them 37%)."""
@@ -112,10 +80,13 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 
 class Trainer:
-    """setup() -> train() -> cleanup(); every ``_setup_*`` helper returns what it built."""
+    """setup() -> train() -> cleanup(); every ``_setup_*`` helper returns what it built. What is
+    trained, exported and pictured is the job's business (:mod:`carl.jobs`)."""
 
-    def __init__(self, cfg: RecipeConfig, output: Path | None = None, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | None = None, resume: bool = False,
+                 progress: bool = True):
         self.cfg = cfg
+        self.job = job_for(cfg)
         self.output = Path(output or cfg.output)
         self.resume = resume
         self.progress = progress
@@ -135,7 +106,7 @@ class Trainer:
         self.accelerator.gradient_accumulation_steps = self.batching.accumulation
         set_seed(train.seed)
         self.source, dataset = self._setup_data()
-        self.model = self._setup_model(dataset)
+        self.model = self.job.build(dataset, self.resume)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(train.ema_decay))
         loader = self._setup_loader(dataset)
         self.steps_per_epoch = max(1, len(loader) // (self.accelerator.num_processes * self.batching.accumulation))
@@ -144,7 +115,7 @@ class Trainer:
         every = self.cfg.eval.every_epochs
         self.last_loss = None
         self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
-        self.metric = self.cfg.eval.metric.build("metrics") if every else None
+        self.job_figures: dict[str, str] = {}
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.step = self._restore() if self.resume else 0
@@ -160,31 +131,17 @@ class Trainer:
 
     def _setup_data(self) -> tuple[DataSource, torch.utils.data.Dataset]:
         source = self.cfg.data.build("datasets")
-        self.cached_tokenizer = None
-        if self.cfg.cache is not None:
+        if getattr(self.cfg, "cache", None) is not None:
             folder = Path(self.cfg.cache)
             if not is_complete(folder):
                 raise CarlError(f"the recipe reads the token cache {folder}, which is not complete: "
                                 f"run `carl cache` with this recipe first (it resumes where it stopped)")
-            dataset, self.cached_tokenizer = load_cache(self.cfg, folder)
+            dataset, self.job.cached_tokenizer = load_cache(self.cfg, folder)
         else:
             dataset = source.dataset("train")
         if len(dataset) < self.cfg.train.global_batch:
             raise CarlError(f"the dataset has {len(dataset)} items, fewer than train.global_batch {self.cfg.train.global_batch}")
         return source, dataset
-
-    def _setup_model(self, dataset) -> ContinuousAR:
-        model = ContinuousAR(self.cfg.model)
-        if self.resume:
-            return model  # the checkpoint holds the tokenizer state
-        if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache
-            model.tokenizer.load_state_dict(self.cached_tokenizer)
-            return model
-        model.tokenizer.prepare()
-        if model.tokenizer.needs_fit:
-            count = min(len(dataset), FIT_SAMPLES)
-            model.tokenizer.fit(dataset[:count]["data"])
-        return model
 
     def _setup_loader(self, dataset) -> DataLoader:
         return DataLoader(
@@ -200,7 +157,7 @@ class Trainer:
     def _setup_optimizer(self):
         train = self.cfg.train
         lr = learning_rate(train)
-        optimizer = torch.optim.AdamW(param_groups(self.model, train, lr), lr=lr, betas=train.betas)
+        optimizer = torch.optim.AdamW(self.job.param_groups(self.model, train, lr), lr=lr, betas=train.betas)
         warmup = round(train.warmup_epochs * self.steps_per_epoch)
         min_ratio = train.min_lr / lr if lr else 0.0
 
@@ -214,7 +171,7 @@ class Trainer:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         b = self.batching
         self.accelerator.print(
-            f"carl: {trainable / 1e6:.2f}M trainable parameters | {self.accelerator.num_processes} process(es) on "
+            f"carl: {self.job.kind} job, {trainable / 1e6:.2f}M trainable parameters | {self.accelerator.num_processes} process(es) on "
             f"{self.accelerator.device} | global batch {self.cfg.train.global_batch} = {b.micro_batch} x "
             f"{self.accelerator.num_processes} x {b.accumulation} accumulation | lr {learning_rate(self.cfg.train):.2e} | "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps | output {self.output}"
@@ -261,18 +218,16 @@ class Trainer:
             shutil.rmtree(old)
 
     def export(self) -> None:
-        """The output folder as a model folder: EMA weights, config.json, the resolved recipe,
-        the plugin requirements and a model card."""
-        self.ema.module.save_pretrained(self.output)
-        self._write_extras()
+        """The output folder in the job's published form (a model folder, a tokenizer folder), from the EMA weights."""
+        self.job.export(self.ema.module, self.output, self._figures())
 
-    def _write_extras(self) -> None:
-        """``recipe.yaml``, ``carl.json`` and the model card, with this run's figures."""
+    def _figures(self) -> dict:
+        """This run's figures for the card."""
         figures = {"steps": self.step, "epochs": f"{self.step / self.steps_per_epoch:.2f}",
                    "global batch": self.cfg.train.global_batch, "learning rate": f"{learning_rate(self.cfg.train):.2e}"}
         if self.last_loss is not None:
             figures["training loss (last logged)"] = f"{self.last_loss:.4f}"
-        write_model_folder_extras(self.output, self.cfg, figures)
+        return {**figures, **self.job_figures}
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -315,18 +270,18 @@ class Trainer:
                     break
             epoch, skip = epoch + 1, 0
         bar.close()
+        if self.accelerator.is_main_process:
+            self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)
         self.sample_grid()
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
             self.save_checkpoint()  # exports the model folder, with the final grid in its card
-        elif self.accelerator.is_main_process:  # weights already exported: refresh the card (now with the grid)
-            self._write_extras()
+        elif self.accelerator.is_main_process:  # already exported at this step: refresh what changed since
+            self.job.refresh_card(self.ema.module, self.output, self._figures())
         return self.output
 
     def _set_train_temperature(self) -> None:
-        epoch = self.step / self.steps_per_epoch
-        temperature = train_temperature(self.cfg.train.train_temperature, epoch)
-        self.accelerator.unwrap_model(self.model).score.set_train_temperature(temperature)
+        self.job.before_step(self.accelerator.unwrap_model(self.model), self.step / self.steps_per_epoch)
 
     def _log(self, loss: torch.Tensor, steps_per_s: float, bar: tqdm) -> None:
         loss = self.accelerator.reduce(loss, reduction="mean").item()
@@ -341,11 +296,11 @@ class Trainer:
             self.accelerator.print(f"step {self.step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.0f} samples/s")
 
     def evaluate(self) -> dict[str, float]:
-        """The recipe's metric on the EMA weights (main process), logged as ``eval/<name>``."""
+        """The job's held-out figures on the EMA weights (main process), logged as ``eval/<name>``."""
         metrics: dict[str, float] = {}
         if self.accelerator.is_main_process:
             start = time.perf_counter()
-            metrics = self.metric.compute(self.ema.module.eval(), self.cfg)
+            metrics = self.job.evaluate(self.ema.module)
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             self.accelerator.print(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
                                    f"[{time.perf_counter() - start:.1f}s]")
@@ -355,21 +310,23 @@ class Trainer:
         return metrics
 
     def sample_grid(self) -> Path | None:
-        """Sample a grid with the EMA weights (rows of ``grid_conditions``) and save it as PNG."""
+        """The job's picture of the EMA weights (a sample grid, reconstructions) as PNG, the latest
+        also as ``<output>/<job.picture>``."""
         if not self.accelerator.is_main_process:
             return None
         path = self.output / "samples" / f"step-{self.step:07d}.png"
-        saved = save_sample_grid(self.ema.module, self.source, self.cfg.sample, path)
+        saved = self.job.preview(self.ema.module, self.source, path)
         if saved is not None:
-            shutil.copyfile(saved, self.output / "samples.png")
+            shutil.copyfile(saved, self.output / self.job.picture)
         return saved
 
     def cleanup(self) -> None:
         self.accelerator.end_training()
 
 
-def train(cfg: RecipeConfig, output: Path | str | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``cfg`` to completion (or resume it) and return the output model folder."""
+def train(cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | str | None = None, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train ``cfg`` (an AR model or a tokenizer) to completion (or resume it) and return the output folder."""
     trainer = Trainer(cfg, Path(output) if output else None, resume=resume, progress=progress)
     trainer.setup()
     try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from carl.tokenizers.normalize import TokenStatistics
 
 
 class Tokenizer(nn.Module, ABC):
@@ -50,3 +54,15 @@ class Tokenizer(nn.Module, ABC):
     @property
     def needs_fit(self) -> bool:
         return False
+
+    def renormalize(self, stats: "TokenStatistics") -> dict | None:
+        """Absorb token statistics (per-channel mean and std, :class:`carl.tokenizers.normalize.TokenStatistics`)
+        measured under the current normalisation, so that tokens become roughly zero-mean and unit-scale (see
+        :func:`carl.tokenizers.normalize.measure`). Returns None when the new normalisation lives in
+        the tokenizer's buffers (saved with its weights), or the config options that carry it (e.g.
+        ``{"scale": 0.2294}``) for a tokenizer whose normalisation is part of its config.
+
+        Raises:
+            NotImplementedError: the tokenizer has no adjustable normalisation.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no adjustable latent normalisation")

@@ -243,6 +243,11 @@ class KL16Tokenizer(Tokenizer):
         pick = (flip < 0.5).to(moments.device)[:, None, None, None]
         return self.tokens_from_moments(torch.where(pick, flipped, moments), sample=self.config.sample_posterior, generator=generator)
 
+    def renormalize(self, stats) -> dict:
+        """KL-16's normalisation is one scale in its config, no shift: the scale that gives
+        unit-variance tokens (MAR's 0.2325 was found this way on ImageNet)."""
+        return {"scale": self.config.scale / max(stats.overall_std, 1e-8)}
+
     # -- decoding ------------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -1,0 +1,94 @@
+"""The AR job: a :class:`ContinuousAR` over a frozen tokenizer, trained with its scoring rule."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from carl.config import RecipeConfig, TrainConfig
+from carl.data import DataSource
+from carl.hub import write_model_folder_extras
+from carl.jobs.base import Job
+from carl.model import ContinuousAR
+from carl.samples import save_sample_grid
+
+FIT_SAMPLES = 4096
+
+
+def train_temperature(schedule: tuple[tuple[float, float], ...], epoch: float) -> float:
+    """The value of the last ``(from_epoch, temperature)`` pair that has started."""
+    current = 1.0
+    for start, value in sorted(schedule):
+        if epoch >= start:
+            current = value
+    return current
+
+
+def param_groups(model: ContinuousAR, train: TrainConfig, lr: float) -> list[dict]:
+    """AdamW groups: no decay on biases, norms, positions and mask tokens; the head at ``head_lr_scale``."""
+    skip = model.no_weight_decay()
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim >= 2 and name not in skip
+        head = name.startswith("score.")
+        groups.setdefault((decay, head), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": train.weight_decay if decay else 0.0,
+            "lr": lr * (train.head_lr_scale if head else 1.0),
+            "lr_scale": train.head_lr_scale if head else 1.0,
+        }
+        for (decay, head), params in sorted(groups.items())
+    ]
+
+
+class ARJob(Job):
+    """Trains the recipe's ``model``; the output folder becomes a model folder (``carl sample``)."""
+
+    kind = "ar"
+    cfg: RecipeConfig
+
+    def __init__(self, cfg: RecipeConfig):
+        super().__init__(cfg)
+        every = cfg.eval.every_epochs
+        self.metric = cfg.eval.metric.build("metrics") if every else None
+        self.cached_tokenizer = None  # the tokenizer state a token cache was encoded with
+
+    def build(self, dataset, resume: bool) -> ContinuousAR:
+        model = ContinuousAR(self.cfg.model)
+        if resume:
+            return model  # the checkpoint holds the tokenizer state
+        if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache
+            model.tokenizer.load_state_dict(self.cached_tokenizer)
+            return model
+        model.tokenizer.prepare()
+        if model.tokenizer.needs_fit:
+            count = min(len(dataset), FIT_SAMPLES)
+            model.tokenizer.fit(dataset[:count]["data"])
+        return model
+
+    def param_groups(self, module: nn.Module, train: TrainConfig, lr: float) -> list[dict]:
+        return param_groups(module, train, lr)
+
+    def before_step(self, module: ContinuousAR, epoch: float) -> None:
+        module.score.set_train_temperature(train_temperature(self.cfg.train.train_temperature, epoch))
+
+    def evaluate(self, module: ContinuousAR) -> dict[str, float]:
+        return self.metric.compute(module.eval(), self.cfg) if self.metric is not None else {}
+
+    def export(self, module: ContinuousAR, folder: Path, figures: dict) -> None:
+        module.save_pretrained(folder)
+        self.refresh_card(module, folder, figures)
+
+    def refresh_card(self, module: ContinuousAR, folder: Path, figures: dict) -> None:
+        # the recipe as the model resolved it (a tokenizer `path` with the architecture it read),
+        # so that the folder loads without the tokenizer folder; weights are not re-saved
+        write_model_folder_extras(folder, dataclasses.replace(self.cfg, model=module.config), figures)
+
+    def preview(self, module: ContinuousAR, source: DataSource, path: Path) -> Path | None:
+        return save_sample_grid(module, source, self.cfg.sample, path)
