@@ -18,7 +18,8 @@ class Tokenizer(nn.Module, ABC):
     Subclasses set ``token_dim`` (D) and ``num_tokens`` (N) in ``__init__`` from their
     ``Config`` and take that config as their only constructor argument. A tokenizer carries
     its own normalisation, so that the tokens it emits are roughly zero-mean and unit-scale and
-    ``decode(encode(x))`` gives back ``x``. Tokenizers are frozen: carl never trains them.
+    ``decode(encode(x))`` gives back ``x``. Inside an AR model a tokenizer is frozen; trainable
+    ones (``trainable = True``, the autoencoder) learn in a tokenizer job (:mod:`carl.jobs.tokenizer`).
 
     State that ``fit`` estimates (normalisation statistics) lives in buffers, so it is saved and
     restored with the model weights.

@@ -32,6 +32,12 @@ def register_recipes(register):
 
 
 @hookimpl
+def register_pretrained(register):
+    for folder in sorted((Path(__file__).parent / "pretrained").glob("*/config.json")):
+        register(folder.parent.name, folder.parent)  # mnist-ae: made by the mnist-ae recipe
+
+
+@hookimpl
 def register_commands(app):
     from typing import Annotated
 
