@@ -125,7 +125,8 @@ class TokenizerJob(Job):
     def preview(self, module: AutoencoderObjective, source: DataSource, path: Path) -> Path | None:
         """Originals above their reconstructions, ``eval.preview_rows`` pairs of rows of 10."""
         rows = self.cfg.eval.preview_rows
-        x = self.heldout()[: 10 * rows]
+        heldout = self.heldout()
+        x = heldout[torch.linspace(0, len(heldout) - 1, 10 * rows).long()]  # spread over the split (often sorted)
         device = next(module.parameters()).device
         recon = reconstruct(module.tokenizer, x.to(device)).float().cpu()
         originals, rebuilt = source.render(x.float()), source.render(recon)
