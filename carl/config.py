@@ -334,6 +334,7 @@ def merge_recipe(base: dict, update: dict) -> dict:
     for key, value in update.items():
         old = merged.get(key)
         old = {"name": old} if isinstance(old, str) and isinstance(value, dict) else old
+        value = {"name": value} if isinstance(value, str) and isinstance(old, dict) and "name" in old else value
         if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
             merged[key] = merge_recipe(old, value)
         else:

@@ -2,7 +2,7 @@ import pytest
 
 from carl.config import RecipeConfig, RecipeError, apply_overrides, dump_recipe, from_dict, load_recipe, to_dict
 from carl.plugins import recipe_files
-from carl.scores import EnergyScoreConfig
+from carl.scores import EnergyScoreConfig, MixtureScoreConfig
 
 
 def base() -> dict:
@@ -116,3 +116,36 @@ def test_extends_cycle_and_missing_parent_are_clear(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nowhere\n")
     with pytest.raises(RecipeError, match="no recipe file or shipped recipe named 'nowhere'"):
         load_recipe(tmp_path / "c.yaml")
+
+
+def test_override_into_a_shorthand_component_keeps_its_name():
+    data = base()
+    data["model"]["score"] = "energy"  # shorthand for {name: energy}
+    cfg = from_dict(RecipeConfig, apply_overrides(data, ["model.score.alpha=1.5", "model.score.width=24"]))
+    assert cfg.model.score.name == "energy"
+    assert cfg.model.score.options.alpha == 1.5 and cfg.model.score.options.width == 24
+    data = base()
+    data["model"]["order"] = "causal"
+    with pytest.raises(RecipeError, match=r"model\.order\.alpha"):  # the shorthand's own config validates it
+        from_dict(RecipeConfig, apply_overrides(data, ["model.order.alpha=1"]))
+
+
+def test_override_into_a_shorthand_component_of_a_shipped_recipe(tmp_path):
+    (tmp_path / "short.yaml").write_text(
+        "model:\n  tokenizer: {name: patch, shape: [8, 2], patch: [1]}\n  score: energy\ndata: toy\n"
+    )
+    cfg = load_recipe(tmp_path / "short.yaml", ["model.score.alpha=1.5", "data.num_samples=64"])
+    assert cfg.model.score.name == "energy" and cfg.model.score.options.alpha == 1.5
+    assert cfg.data.name == "toy" and cfg.data.options.num_samples == 64
+
+
+def test_extends_with_a_shorthand_of_the_same_component_keeps_the_parents_options(tmp_path):
+    (tmp_path / "parent.yaml").write_text(
+        "model:\n  tokenizer: {name: patch, shape: [8, 2], patch: [1]}\n  score: {name: energy, alpha: 1.5}\n"
+        "data: {name: toy}\n"
+    )
+    (tmp_path / "same.yaml").write_text("extends: parent.yaml\nmodel:\n  score: energy\n")
+    (tmp_path / "other.yaml").write_text("extends: parent.yaml\nmodel:\n  score: gmm\n")
+    assert load_recipe(tmp_path / "same.yaml").model.score.options.alpha == 1.5  # the name does not change
+    other = load_recipe(tmp_path / "other.yaml").model.score
+    assert other.name == "gmm" and other.options == MixtureScoreConfig()  # a new name: replaced whole

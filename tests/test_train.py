@@ -10,7 +10,7 @@ from carl.cli import app
 from carl.config import load_recipe
 from carl.hub import load_model
 from carl.model import ContinuousAR
-from carl.train import lr_factor, plan_batching, train, train_temperature
+from carl.train import latest_checkpoint, lr_factor, plan_batching, train, train_temperature
 
 runner = CliRunner()
 
@@ -48,17 +48,37 @@ def test_cli_trains_reloads_and_samples_reproducibly(tmp_path):
     assert torch.load(tmp_path / "s.pt").shape == (6, 8, 2)  # toy data is not picturable: a tensor file
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
-    overrides = ["train.max_steps=24", "train.checkpoint_every=7", "train.lr_schedule=cosine", "train.warmup_epochs=0.5"]
-    overrides += ["model.backbone.dropout=0.1", "train.global_batch=16", "train.micro_batch=8"]  # dropout + accumulation
-    full = train(load_recipe("tiny", overrides), output=tmp_path / "full", progress=False)
-    cut = load_recipe("tiny", overrides + ["train.max_steps=10"])
-    train(cut, output=tmp_path / "cut", progress=False)  # "interrupted" after step 10 (checkpoint at 7 and 10)
-    (tmp_path / "cut" / "checkpoints" / "step-0000010").rename(tmp_path / "cut" / "lost")  # keep only step 7
-    resumed = train(load_recipe("tiny", overrides), output=tmp_path / "cut", resume=True, progress=False)
+class Crash(Exception):
+    """Stands for anything that kills a run between two checkpoints."""
+
+
+@pytest.mark.parametrize("warmup", [0, 0.5])
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, warmup):
+    # 64 items in batches of 16 (two micro-batches of 8, dropout on): 4 steps per epoch, 12 in all.
+    overrides = ["train.max_steps=12", "train.checkpoint_every=5", "train.lr_schedule=cosine", f"train.warmup_epochs={warmup}",
+                 "model.backbone.dropout=0.1", "train.global_batch=16", "train.micro_batch=8", "data.num_samples=64"]
+    cfg = load_recipe("tiny", overrides)
+    full = train(cfg, output=tmp_path / "full", progress=False)
+
+    # The very same run, killed in the middle of its 8th step (latest checkpoint: step 5, in the
+    # second epoch), then resumed: steps 6 to 8 are replayed, across the end of that epoch.
+    forward, calls = ContinuousAR.forward, []
+
+    def crash_in_step_8(self, batch):
+        calls.append(1)
+        if len(calls) == 7 * 2 + 2:  # the second micro-batch of step 8
+            raise Crash
+        return forward(self, batch)
+
+    monkeypatch.setattr(ContinuousAR, "forward", crash_in_step_8)
+    with pytest.raises(Crash):
+        train(cfg, output=tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000005"
+    resumed = train(cfg, output=tmp_path / "cut", resume=True, progress=False)
     for name in ("model.safetensors", "ema.safetensors"):
-        a = load_file(full / "checkpoints" / "step-0000024" / name)
-        b = load_file(resumed / "checkpoints" / "step-0000024" / name)
+        a = load_file(full / "checkpoints" / "step-0000012" / name)
+        b = load_file(resumed / "checkpoints" / "step-0000012" / name)
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}:{key}")

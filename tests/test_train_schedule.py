@@ -1,0 +1,69 @@
+"""The optimiser's clocks, exactly: the EMA's decay sequence and the learning-rate warm-up,
+counted in optimizer steps."""
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from carl.config import load_recipe
+from carl.train import Trainer, ema_update, lr_factor
+
+
+def test_ema_update_moves_by_one_minus_the_decay():
+    update = ema_update(0.9)
+    ema, params = [torch.tensor([0.0, 10.0])], [torch.tensor([1.0, 0.0])]
+    update(ema, params, torch.tensor(100))  # warm-up decay (101 / 110) > 0.9: the configured decay wins
+    torch.testing.assert_close(ema[0], torch.tensor([0.1, 9.0]), rtol=0, atol=1e-6)
+    update(ema, params, torch.tensor(100))
+    torch.testing.assert_close(ema[0], torch.tensor([0.19, 8.1]), rtol=0, atol=1e-6)
+
+
+def test_ema_decay_warms_up_as_one_plus_n_over_ten_plus_n():
+    update = ema_update(0.9999)
+    for n, decay in ((0, 1 / 10), (1, 2 / 11), (8, 9 / 18), (90, 91 / 100)):
+        ema = [torch.tensor([0.0])]
+        update(ema, [torch.tensor([1.0])], torch.tensor(n))
+        torch.testing.assert_close(ema[0], torch.tensor([1 - decay]), rtol=0, atol=1e-6)
+
+
+def test_averaged_model_follows_the_decay_sequence():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.5))
+    expected = None
+    for n, value in enumerate((4.0, 2.0, 8.0, 0.0)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        # the first update copies; update n >= 1 keeps min(0.5, (1 + n') / (10 + n')) with n' = n updates so far
+        expected = value if expected is None else (decay := min(0.5, (1 + n) / (10 + n))) * expected + (1 - decay) * value
+        assert ema.module.weight.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_lr_factor_warms_up_linearly_then_decays():
+    factors = [lr_factor(s, warmup=4, total=12, schedule="cosine", min_ratio=0.1) for s in range(13)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4] == pytest.approx(1.0) and factors[8] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: cosine = 0
+    assert factors[12] == pytest.approx(0.1) and all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert [lr_factor(s, warmup=0, total=12, schedule="constant", min_ratio=0.1) for s in (0, 11)] == [1.0, 1.0]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no training here
+def test_trainer_counts_the_warm_up_in_optimizer_steps(tmp_path):
+    # 512 toy items, global batch 32 in micro-batches of 16: 16 optimizer steps per epoch (32 loader
+    # batches), so warmup_epochs 0.5 is 8 steps and the head keeps its own learning-rate scale.
+    cfg = load_recipe("tiny", ["train.warmup_epochs=0.5", "train.micro_batch=16", "train.lr=0.01",
+                               "train.head_lr_scale=0.5", "train.max_steps=20", "train.lr_schedule=cosine"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.setup()
+    try:
+        assert trainer.steps_per_epoch == 16 and trainer.total_steps == 20
+        seen = []
+        for _ in range(20):
+            seen.append(sorted({group["lr"] for group in trainer.optimizer.param_groups}))
+            trainer.scheduler.step()
+    finally:
+        trainer.cleanup()
+    for step in range(8):
+        assert seen[step] == pytest.approx([0.005 * (step + 1) / 8, 0.01 * (step + 1) / 8]), step
+    assert seen[8] == pytest.approx([0.005, 0.01])  # warm-up over: the cosine starts at full rate
+    assert seen[14] == pytest.approx([0.0025, 0.005])  # half-way through the 12 decay steps
