@@ -66,9 +66,9 @@ class NonFiniteGuard:
             return False
         self.skipped += 1
         if self.skipped > self.skip_limit:
-            raise NonFiniteError(f"training diverged: step {step} is the {self.skipped}th with a non-finite loss or "
-                                 f"gradient, more than train.skip_nonfinite={self.skip_limit}; stopped before writing "
-                                 f"anything from it")
+            raise NonFiniteError(f"training diverged: {self.skipped} steps with a non-finite loss or gradient by step "
+                                 f"{step}, more than train.skip_nonfinite={self.skip_limit} allows; stopped before "
+                                 f"writing anything from them")
         return True
 
     def check(self, step: int, last_good: str) -> None:
@@ -80,9 +80,10 @@ class NonFiniteGuard:
         """
         count = int(_sum_processes(self.bad_steps.clone()).item())
         if count:
+            first = self.checked_step + 1
+            where = f"at step {step}" if first == step else f"in {count} of steps {first}-{step}"
             raise NonFiniteError(
-                f"training diverged: the loss or gradients were NaN or infinite at {count} of steps "
-                f"{self.checked_step + 1}-{step}; stopped without writing a checkpoint or model from them "
+                f"training diverged: the loss or gradients were NaN or infinite {where}; stopped without writing a checkpoint or model from them "
                 f"({last_good}); lower train.lr or set train.grad_clip and continue with --resume, or let up to N "
                 f"bad steps be skipped with train.skip_nonfinite=N")
         self.checked_step = step
