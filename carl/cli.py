@@ -45,6 +45,10 @@ def train(
 
     cfg = load_recipe(recipe, overrides or [])
     out = run_training(cfg, output=output, resume=resume, progress=progress, overwrite=overwrite)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report for a multi-process run
+        return
     typer.echo(f"model folder: {out}")
     if (out / "samples.png").exists():
         typer.echo(f"sample grid: {out / 'samples.png'}")

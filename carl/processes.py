@@ -59,7 +59,10 @@ def requested_cpu_processes(environ: dict | None = None, launcher_argv: list[str
         return 0
     from accelerate.commands.launch import launch_command_parser
 
-    args, _ = launch_command_parser().parse_known_args(rest)
+    try:
+        args, _ = launch_command_parser().parse_known_args(rest)
+    except SystemExit:  # argparse on arguments it cannot read: not a launch we understand
+        return 0
     if (args.num_machines or 1) > 1:
         raise CarlError("accelerate launch --cpu over several machines starts one process per machine; "
                         "launch carl with mpirun or torchrun on each machine (with ACCELERATE_USE_CPU=1)")
