@@ -75,6 +75,7 @@ def spread_cpu_launch(argv: list[str] | None = None) -> int | None:
     count = requested_cpu_processes()
     if not count:
         return None
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -83,8 +84,10 @@ def spread_cpu_launch(argv: list[str] | None = None) -> int | None:
     args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(count), "-m", "carl", *argv])
     try:
         run(args)
-    except ChildFailedError as exc:
+    except ChildFailedError as exc:  # e.g. 143: the workers checkpointed on SIGTERM and stopped
         return exc.get_first_failure()[1].exitcode or 1
+    except SignalException as exc:  # this launcher was signalled; torchrun passed SIGTERM on to the workers
+        return 128 + int(exc.sigval)
     return 0
 
 

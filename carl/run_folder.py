@@ -150,8 +150,10 @@ class RunFolder:
             entry = self.path / name
             if not entry.exists() and not entry.is_symlink():
                 continue
-            if ours:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if ours and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif ours:
+                entry.unlink()
             else:
                 target = _free_name(entry.with_name(entry.name + ".orig"))
                 entry.rename(target)
