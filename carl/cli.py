@@ -40,13 +40,24 @@ def train(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: the recipe's output).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in the output folder.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start a new run in a non-empty output folder: carl's "
+                                            "earlier outputs are replaced, other files kept.")] = False,
 ) -> None:
     """Train a model from RECIPE; the output folder becomes a model folder for `carl sample`."""
     from carl.config import load_recipe
+    from carl.processes import spread_cpu_launch
+
+    code = spread_cpu_launch()  # `accelerate launch --cpu --num_processes N` started only this process
+    if code is not None:
+        raise typer.Exit(code)
     from carl.train import train as run_training
 
     cfg = load_recipe(recipe, overrides or [])
-    out = run_training(cfg, output=output, resume=resume, progress=progress)
+    out = run_training(cfg, output=output, resume=resume, progress=progress, overwrite=overwrite)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report for a multi-process run
+        return
     typer.echo(f"model folder: {out}")
     if (out / "samples.png").exists():
         typer.echo(f"sample grid: {out / 'samples.png'}")
@@ -166,17 +177,21 @@ def main() -> None:
         sys.exit(1)
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # an int when a command exits early (typer turns Ctrl-C into 130)
     except (CarlError, ValueError, FileNotFoundError, OSError) as exc:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))  # an interrupted run: 128 + the signal
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        if code == 130:
+            typer.echo("interrupted; continue with --resume", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # `accelerate launch -m carl.cli train RECIPE`

@@ -110,6 +110,7 @@ class TrainConfig:
     sample_every: int | None = 500
     checkpoint_every: int | None = 500
     keep_checkpoints: int = 2
+    skip_nonfinite: int = 0  # non-finite steps whose update may be skipped; 0: the first one stops training
     tracker: Literal["tensorboard", "none"] = "tensorboard"
 
 

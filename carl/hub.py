@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import HfApi, snapshot_download
 
+from carl.checkpoints import latest_checkpoint
 from carl.config import RecipeConfig, dump_recipe, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.plugins import CarlError, plugin_infos, registry
@@ -129,10 +130,10 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, raw: bool =
             if (folder / name).exists():
                 shutil.copy2(folder / name, staging / name)
         if raw:
-            checkpoints = sorted(p for p in (folder / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
-            if not checkpoints:
+            checkpoint = latest_checkpoint(folder)  # not a .tmp or .damaged one
+            if checkpoint is None:
                 raise CarlError(f"{folder} has no checkpoints/step-N with raw weights")
-            shutil.copy2(checkpoints[-1] / WEIGHTS_FILE, staging / WEIGHTS_FILE)
+            shutil.copy2(checkpoint / WEIGHTS_FILE, staging / WEIGHTS_FILE)
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, commit_message="Upload carl model")
     return str(getattr(info, "commit_url", info))

@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from carl import checkpoints
 from carl.cache import is_complete, load_cache
+from carl.checkpoints import CHECKPOINTS, latest_checkpoint
 from carl.config import RecipeConfig, TokenizerRecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
 from carl.jobs import job_for
 from carl.jobs.ar import param_groups, train_temperature  # noqa: F401 (part of carl.train's API)
+from carl.nonfinite import NonFiniteGuard
 from carl.plugins import CarlError
-
-CHECKPOINTS = "checkpoints"
+from carl.processes import check_process_group, on_main_process
+from carl.run_folder import RunFolder
+from carl.signals import StopOnSignal, TrainingInterrupted
 
 
 @dataclass
@@ -74,34 +75,34 @@ def ema_update(decay: float):
     return update
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    done = sorted(p for p in (output / CHECKPOINTS).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
-
-
 class Trainer:
     """setup() -> train() -> cleanup(); every ``_setup_*`` helper returns what it built. What is
     trained, exported and pictured is the job's business (:mod:`carl.jobs`)."""
 
     def __init__(self, cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | None = None, resume: bool = False,
-                 progress: bool = True):
-        self.cfg = cfg
+                 progress: bool = True, overwrite: bool = False):
         self.job = job_for(cfg)
         self.output = Path(output or cfg.output)
+        self.cfg = replace(cfg, output=str(self.output))  # recipe.yaml and hparams.yml record the folder used
         self.resume = resume
+        self.overwrite = overwrite
         self.progress = progress
+        self.run_folder: RunFolder | None = None
+        self.stop = StopOnSignal()
 
     # -- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
         train = self.cfg.train
-        self._check_output()
+        checkpoints.check_keep(train.keep_checkpoints)
         self.accelerator = Accelerator(
             mixed_precision=train.mixed_precision,
             log_with=None if train.tracker == "none" else train.tracker,
             project_dir=str(self.output),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
+        check_process_group(self.accelerator.num_processes)
+        self._claim_output()
         self.batching = plan_batching(train, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.batching.accumulation
         set_seed(train.seed)
@@ -117,17 +118,20 @@ class Trainer:
         self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
         self.job_figures: dict[str, str] = {}
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
-        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=train.mixed_precision != "fp16",
+                                    device=self.accelerator.device)
         self.step = self._restore() if self.resume else 0
         if train.tracker != "none":
             self.accelerator.init_trackers("carl", config=_flat(to_dict(self.cfg)))
         self._log_setup()
 
-    def _check_output(self) -> None:
-        if not self.resume and latest_checkpoint(self.output) is not None:
-            raise CarlError(
-                f"{self.output} already holds checkpoints; pass --resume to continue that run, or choose another --output"
-            )
+    def _claim_output(self) -> None:
+        """Own the output folder before the first step: refuse foreign or finished contents, prove
+        it writable and lock it (main process; every process fails alike)."""
+        acc = self.accelerator
+        folder = on_main_process(acc, lambda: RunFolder.claim(self.output, resume=self.resume, overwrite=self.overwrite,
+                                                               say=acc.print))
+        self.run_folder = folder if acc.is_main_process else None
 
     def _setup_data(self) -> tuple[DataSource, torch.utils.data.Dataset]:
         source = self.cfg.data.build("datasets")
@@ -180,42 +184,56 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _restore(self) -> int:
-        checkpoint = latest_checkpoint(self.output)
+        """Continue from the newest intact checkpoint (damaged newer ones are reported and set aside)."""
+        acc = self.accelerator
+        checkpoint = on_main_process(acc, lambda: checkpoints.choose_checkpoint(self.output, say=acc.print))
         if checkpoint is None:
-            self.accelerator.print(f"carl: no checkpoint in {self.output / CHECKPOINTS}; starting from scratch")
+            acc.print(f"carl: no checkpoint in {self.output / CHECKPOINTS}; starting from scratch")
             return 0
-        self.accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        self.ema.module.load_state_dict(load_file(checkpoint / "ema.safetensors"))
-        self.ema.n_averaged.fill_(state["ema_updates"])
-        self.accelerator.print(f"carl: resumed from {checkpoint} at step {state['step']}")
+        state = checkpoints.load_training_state(
+            checkpoint, model=acc.unwrap_model(self.model), ema=self.ema, optimizer=self.optimizer,
+            scheduler=self.scheduler, scaler=acc.scaler, num_processes=acc.num_processes, rank=acc.process_index)
+        acc.step = state["accelerator_step"]
+        self.guard.skipped, self.guard.checked_step = state["skipped_nonfinite"], state["step"]
+        acc.print(f"carl: resumed from {checkpoint} at step {state['step']}")
         return state["step"]
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-N`` atomically: a ``.tmp`` folder renamed once complete."""
-        final = self.output / CHECKPOINTS / f"step-{self.step:07d}"
+        """Write ``checkpoints/step-N``: every file into a ``.tmp`` folder, the manifest (sizes and
+        hashes) last, then rename it; never from non-finite weights."""
+        acc = self.accelerator
+        self._check_finite(weights=True)
+        final = checkpoints.checkpoint_path(self.output, self.step)
         tmp = final.with_name(final.name + ".tmp")
-        if self.accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))
-        if self.accelerator.is_main_process:
-            save_file(_contiguous(self.ema.module.state_dict()), tmp / "ema.safetensors")
-            state = {"step": self.step, "ema_updates": int(self.ema.n_averaged), "epoch": self.step / self.steps_per_epoch}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        checkpoints.save_rng(tmp, acc.process_index)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "ema_updates": int(self.ema.n_averaged), "epoch": self.step / self.steps_per_epoch,
+                     "num_processes": acc.num_processes, "accelerator_step": acc.step,
+                     "skipped_nonfinite": self.guard.skipped}
+            checkpoints.save_training_state(tmp, model=acc.unwrap_model(self.model), ema=self.ema, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, scaler=acc.scaler, trainer_state=state)
             (tmp / "recipe.yaml").write_text(dump_recipe(self.cfg))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune_checkpoints()
+            checkpoints.write_manifest(tmp, step=self.step, num_processes=acc.num_processes)
+            checkpoints.publish(tmp, final)
+            checkpoints.prune(self.output, self.cfg.train.keep_checkpoints, final)
             self.export()
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return final
 
-    def _prune_checkpoints(self) -> None:
-        done = sorted(p for p in (self.output / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp"))
-        for old in done[: -self.cfg.train.keep_checkpoints]:
-            shutil.rmtree(old)
+    def _check_finite(self, weights: bool = False) -> None:
+        """Stop a diverged run before it writes anything from its non-finite steps."""
+        last = latest_checkpoint(self.output)
+        last_good = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        self.guard.check(self.step, last_good)
+        if weights:
+            self.guard.check_weights(self.step, last_good, model=self.accelerator.unwrap_model(self.model),
+                                     ema=self.ema.module)
 
     def export(self) -> None:
         """The output folder in the job's published form (a model folder, a tokenizer folder), from the EMA weights."""
@@ -227,6 +245,8 @@ class Trainer:
                    "global batch": self.cfg.train.global_batch, "learning rate": f"{learning_rate(self.cfg.train):.2e}"}
         if self.last_loss is not None:
             figures["training loss (last logged)"] = f"{self.last_loss:.4f}"
+        if self.step < self.total_steps:  # a checkpoint during training, or an interrupted run
+            figures["status"] = f"unfinished: step {self.step} of {self.total_steps} (continue with `carl train ... --resume`)"
         return {**figures, **self.job_figures}
 
     # -- the loop --------------------------------------------------------------------------------
@@ -243,10 +263,10 @@ class Trainer:
                 self._set_train_temperature()
                 with acc.accumulate(self.model):
                     loss = self.model(batch)
+                    self.guard.observe_loss(loss)
                     acc.backward(loss)
-                    if acc.sync_gradients and train.grad_clip:
-                        acc.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-                    self.optimizer.step()
+                    if not (acc.sync_gradients and self._end_step()):  # True: a non-finite step skipped
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
                 if not acc.sync_gradients:
@@ -258,7 +278,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    self._log(torch.stack(losses).mean(), window_steps / elapsed, bar)
+                    self._log(_finite_mean(torch.stack(losses)), window_steps / elapsed, bar)
                     losses, window_start, window_steps = [], time.perf_counter(), 0
                 if train.sample_every and self.step % train.sample_every == 0:
                     self.sample_grid()
@@ -266,6 +286,9 @@ class Trainer:
                     self.evaluate()
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                     self.save_checkpoint()
+                signum = self.stop.requested(acc.num_processes, acc.device)
+                if signum:
+                    self._interrupt(signum)
                 if self.step >= self.total_steps:
                     break
             epoch, skip = epoch + 1, 0
@@ -280,10 +303,26 @@ class Trainer:
             self.job.refresh_card(self.ema.module, self.output, self._figures())
         return self.output
 
+    def _end_step(self) -> bool:
+        """Clip the gradients; True if this optimizer step is non-finite and to be skipped."""
+        clip = self.cfg.train.grad_clip
+        norm = None
+        if clip or self.guard.needs_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip or math.inf)
+        return self.guard.end_step(self.step + 1, norm)
+
+    def _interrupt(self, signum: int) -> None:
+        """Checkpoint this step (unless it has one) and stop with the signal's exit code."""
+        last = latest_checkpoint(self.output)
+        if last is None or checkpoints.checkpoint_step(last) != self.step:
+            self.save_checkpoint()
+        raise TrainingInterrupted(self.step, signum)
+
     def _set_train_temperature(self) -> None:
         self.job.before_step(self.accelerator.unwrap_model(self.model), self.step / self.steps_per_epoch)
 
     def _log(self, loss: torch.Tensor, steps_per_s: float, bar: tqdm) -> None:
+        self._check_finite()
         loss = self.accelerator.reduce(loss, reduction="mean").item()
         self.last_loss = loss
         lr = self.scheduler.get_last_lr()[0]
@@ -298,6 +337,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """The job's held-out figures on the EMA weights (main process), logged as ``eval/<name>``."""
         metrics: dict[str, float] = {}
+        self._check_finite()
         if self.accelerator.is_main_process:
             start = time.perf_counter()
             metrics = self.job.evaluate(self.ema.module)
@@ -312,6 +352,7 @@ class Trainer:
     def sample_grid(self) -> Path | None:
         """The job's picture of the EMA weights (a sample grid, reconstructions) as PNG, the latest
         also as ``<output>/<job.picture>``."""
+        self._check_finite()
         if not self.accelerator.is_main_process:
             return None
         path = self.output / "samples" / f"step-{self.step:07d}.png"
@@ -320,23 +361,51 @@ class Trainer:
             shutil.copyfile(saved, self.output / self.job.picture)
         return saved
 
-    def cleanup(self) -> None:
-        self.accelerator.end_training()
+    def cleanup(self, status: str = "finished") -> None:
+        """End the trackers, record how the run ended (``finished``, ``interrupted``, ``failed``) and unlock
+        the output folder; safe after a setup that failed half-way."""
+        if hasattr(self, "accelerator"):
+            self.accelerator.end_training()
+        if self.run_folder is not None:
+            self.run_folder.set_status(status, step=getattr(self, "step", 0), total_steps=getattr(self, "total_steps", None))
+            self.run_folder.release()
 
 
-def train(cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | str | None = None, resume: bool = False,
-          progress: bool = True) -> Path:
-    """Train ``cfg`` (an AR model or a tokenizer) to completion (or resume it) and return the output folder."""
-    trainer = Trainer(cfg, Path(output) if output else None, resume=resume, progress=progress)
-    trainer.setup()
+def train(cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | str | None = None, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train ``cfg`` (an AR model or a tokenizer) to completion (or resume it) and return the output folder.
+
+    Args:
+        cfg: the resolved recipe (an AR recipe or a tokenizer recipe).
+        output: the output folder (default: ``cfg.output``); a run refuses a non-empty folder it did
+            not create and locks the folder while it trains.
+        resume: continue from the newest intact checkpoint in ``output``.
+        progress: show a progress bar (else plain log lines).
+        overwrite: start a new run in a non-empty folder (carl's earlier outputs are cleared, other files kept).
+
+    Raises:
+        TrainingInterrupted: SIGINT / SIGTERM: a checkpoint was written; ``exit_code`` is 130 / 143.
+        NonFiniteError: the run diverged; nothing from its non-finite steps was written.
+    """
+    trainer = Trainer(cfg, Path(output) if output else None, resume=resume, progress=progress, overwrite=overwrite)
+    status = "failed"
     try:
-        return trainer.train()
+        trainer.setup()
+        with trainer.stop:
+            out = trainer.train()
+        status = "finished"
+        return out
+    except (TrainingInterrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
     finally:
-        trainer.cleanup()
+        trainer.cleanup(status)
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+def _finite_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of the finite entries (the losses of skipped non-finite steps left out)."""
+    finite = torch.isfinite(values)
+    return torch.where(finite, values, 0).sum() / finite.sum().clamp(min=1)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

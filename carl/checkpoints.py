@@ -1,0 +1,235 @@
+"""Self-verifying, pickle-free training checkpoints.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNNN`` holding the weights and EMA weights
+(safetensors), the optimizer, scheduler, gradient-scaler and per-process RNG states (safetensors
+through :mod:`carl.state_files`), ``trainer_state.json``, the resolved recipe and, written last,
+``manifest.json``: the size and SHA-256 of every other file. It is written into a ``.tmp``
+folder and renamed when complete. Resuming takes the newest checkpoint whose files all match
+their manifest; a damaged one is named with the file at fault, moved aside (``.damaged``) so
+that pruning cannot count it as a good one, and the previous checkpoint is used instead.
+Nothing on this path unpickles: files a checkpoint does not list (e.g. an ``accelerate``
+``*.pkl`` planted in the folder) are never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from carl.config import RecipeError
+from carl.plugins import CarlError
+from carl.state_files import load_tree, rng_state, save_tree, set_rng_state
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+MODEL = "model.safetensors"
+EMA = "ema.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+SCHEDULER = "scheduler.safetensors"
+SCALER = "scaler.safetensors"
+TRAINER_STATE = "trainer_state.json"
+_NAME = re.compile(r"step-(\d+)")
+
+
+class CheckpointError(CarlError):
+    """No usable checkpoint, or one that does not fit the run resuming from it."""
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+def checkpoint_path(output: Path, step: int) -> Path:
+    return Path(output) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-{rank}.safetensors"
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """The checkpoint folders (not ``.tmp`` or ``.damaged`` ones), oldest first."""
+    folder = Path(output) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_NAME.fullmatch(Path(path).name).group(1))
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = list_checkpoints(output)
+    return found[-1] if found else None
+
+
+# -- manifest ----------------------------------------------------------------------------------
+
+
+def write_manifest(folder: Path, *, step: int, num_processes: int) -> None:
+    """Record the size and SHA-256 of every file in ``folder``; written last, so its presence
+    means every file was complete."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": 1, "step": step, "num_processes": num_processes, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def required_files(num_processes: int) -> list[str]:
+    return [MODEL, EMA, OPTIMIZER, SCHEDULER, TRAINER_STATE, *(rng_file(r) for r in range(num_processes))]
+
+
+def verify(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete, intact checkpoint (naming the file), or None if it is."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files, num_processes = manifest["files"], int(manifest["num_processes"])
+    except FileNotFoundError:
+        return f"no {MANIFEST} (not completely written, or written by an older carl)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is unreadable ({type(exc).__name__}: {exc})"
+    for name in required_files(num_processes):
+        if name not in files:
+            return f"{MANIFEST} does not list {name}"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes, the manifest says {expected['bytes']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def choose_checkpoint(output: Path, say: Callable[[str], None] = print) -> Path | None:
+    """The newest intact checkpoint (None if there are none at all). Damaged newer ones are
+    reported and moved aside to ``step-N.damaged``.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact (each one's fault is listed).
+    """
+    damaged: list[tuple[Path, str]] = []
+    for candidate in reversed(list_checkpoints(output)):
+        reason = verify(candidate)
+        if reason is None:
+            for bad, why in damaged:
+                moved = _free_name(bad.with_name(bad.name + ".damaged"))
+                os.replace(bad, moved)
+                say(f"carl: checkpoint {bad} is damaged: {why}; moved it to {moved.name} and resuming from {candidate.name}")
+            return candidate
+        damaged.append((candidate, reason))
+    if damaged:
+        faults = "; ".join(f"{bad.name}: {why}" for bad, why in damaged)
+        raise CheckpointError(f"no intact checkpoint in {Path(output) / CHECKPOINTS} to resume from ({faults})")
+    return None
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a completely written ``.tmp`` checkpoint into place."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def check_keep(keep: int) -> None:
+    if keep < 1:
+        raise RecipeError(f"train.keep_checkpoints: must be at least 1 (the newest checkpoint is always kept), got {keep}")
+
+
+def prune(output: Path, keep: int, newest: Path) -> list[Path]:
+    """Delete checkpoints older than ``newest`` beyond the ``keep`` newest; ``newest`` always stays."""
+    check_keep(keep)
+    older = [p for p in list_checkpoints(output) if checkpoint_step(p) < checkpoint_step(newest)]
+    doomed = older[: max(0, len(older) - (keep - 1))]
+    for old in doomed:
+        shutil.rmtree(old)
+    return doomed
+
+
+# -- training state ----------------------------------------------------------------------------
+
+
+def save_training_state(folder: Path, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler,
+                        trainer_state: dict) -> None:
+    """The main process's part of a checkpoint: weights, EMA, optimizer, scheduler, scaler, counters."""
+    save_file(_contiguous(model.state_dict()), str(folder / MODEL))
+    save_file(_contiguous(ema.module.state_dict()), str(folder / EMA))
+    save_tree(folder / OPTIMIZER, optimizer.state_dict())
+    save_tree(folder / SCHEDULER, scheduler.state_dict())
+    if scaler is not None:
+        save_tree(folder / SCALER, scaler.state_dict())
+    (folder / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+
+
+def save_rng(folder: Path, rank: int) -> None:
+    """Each process's part: its random generators."""
+    save_tree(folder / rng_file(rank), rng_state())
+
+
+def load_training_state(folder: Path, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler,
+                        num_processes: int, rank: int) -> dict:
+    """Restore everything :func:`save_training_state` and :func:`save_rng` wrote; returns the
+    trainer state (step, EMA updates, ...).
+
+    Raises:
+        CheckpointError: naming the file that does not fit this run (other process count,
+            other model) or cannot be read.
+    """
+    state = json.loads((folder / TRAINER_STATE).read_text())
+    written_by = state.get("num_processes", 1)
+    if written_by != num_processes:
+        raise CheckpointError(f"{folder} was written by {written_by} process(es); resume it with the same number, "
+                              f"not {num_processes} (the data order and random states are per process)")
+    _load_weights(model, folder / MODEL)
+    _load_weights(ema.module, folder / EMA)
+    ema.n_averaged.fill_(state["ema_updates"])
+    _load_with(optimizer, folder / OPTIMIZER)
+    _load_with(scheduler, folder / SCHEDULER)
+    if scaler is not None:
+        _load_with(scaler, folder / SCALER)
+    set_rng_state(load_tree(folder / rng_file(rank)))
+    return state
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # a damaged file or a model of another shape: say which file
+        raise CheckpointError(f"cannot load {path}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _load_with(owner, path: Path) -> None:
+    try:
+        owner.load_state_dict(load_tree(path))
+    except CarlError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
