@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, Value
 
 from carl.hookspecs import hookimpl
+from carl.ranges import check_ranges
 
 
 class DataSource(ABC):
@@ -36,11 +39,14 @@ class DataSource(ABC):
 class ToyConfig:
     """``num_samples`` sequences of ``length`` 2-D points in ``num_classes`` classes."""
 
-    num_samples: int = 2048
-    length: int = 8
-    num_classes: int = 4
-    noise: float = 0.05
-    seed: int = 0
+    num_samples: Annotated[int, at.Ge(1)] = 2048
+    length: Annotated[int, at.Ge(1)] = 8
+    num_classes: Annotated[int, at.Ge(1)] = 4
+    noise: Annotated[float, at.Ge(0)] = 0.05
+    seed: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class ToySequences(DataSource):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 
 from carl.orders.base import Order, Plan, random_permutations
+from carl.ranges import check_ranges
 
 
 @dataclass(frozen=True)
@@ -15,12 +18,11 @@ class MaskedOrderConfig:
     """The masking ratio follows a normal centred at 1 with std ``mask_std``, truncated to
     ``[mask_ratio_min, 1]`` (MAR, EAR)."""
 
-    mask_ratio_min: float = 0.7
-    mask_std: float = 0.25
+    mask_ratio_min: Annotated[float, at.Interval(gt=0, le=1)] = 0.7
+    mask_std: Annotated[float, at.Gt(0)] = 0.25
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mask_ratio_min <= 1.0 or self.mask_std <= 0:
-            raise ValueError("need 0 < mask_ratio_min <= 1 and mask_std > 0")
+        check_ranges(self)
 
 
 class MaskedOrder(Order):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
+import annotated_types as at
 import torch
 from torch import nn
 
+from carl.ranges import FieldError, check_ranges
 from carl.scores.base import Guidance, ScoringRule
 from carl.scores.generator import FinalLayer, ResBlock, init_adaln_mlp
 from carl.scores.log_score import HALF_LOG_2PI, standard_normal
@@ -27,21 +29,18 @@ class DiffusionScoreConfig:
     first respaced steps divide by sqrt(alpha_bar) ~ 5e-5, so a head trained briefly can blow
     up there; a bound of the data's range prevents it."""
 
-    depth: int = 3
-    width: int = 256
-    train_steps: int = 1000
-    sample_steps: int = 100
+    depth: Annotated[int, at.Ge(1)] = 3
+    width: Annotated[int, at.Ge(1)] = 256
+    train_steps: Annotated[int, at.Ge(1)] = 1000
+    sample_steps: Annotated[int, at.Ge(1)] = 100
     schedule: Literal["cosine", "linear"] = "cosine"
-    batch_mul: int = 4
-    clip_x0: float | None = None
+    batch_mul: Annotated[int, at.Ge(1)] = 4
+    clip_x0: Annotated[float, at.Gt(0)] | None = None
 
     def __post_init__(self) -> None:
-        if self.clip_x0 is not None and self.clip_x0 <= 0:
-            raise ValueError(f"clip_x0 must be positive, got {self.clip_x0}")
-        if self.depth < 1 or self.batch_mul < 1:
-            raise ValueError("depth and batch_mul must be >= 1")
-        if not 1 <= self.sample_steps <= self.train_steps:
-            raise ValueError(f"need 1 <= sample_steps <= train_steps, got {self.sample_steps} and {self.train_steps}")
+        check_ranges(self)
+        if self.sample_steps > self.train_steps:
+            raise FieldError("sample_steps", f"{self.sample_steps} exceeds train_steps {self.train_steps}")
 
 
 def betas_for(schedule: str, steps: int) -> torch.Tensor:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+import annotated_types as at
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from carl.metrics import Metric
 from carl.plugins import CarlError
+from carl.ranges import check_ranges
 from carl.samples import tile
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -120,10 +123,13 @@ class FIDConfig:
     generated per evaluation (class-balanced; 50,000 for reported figures, fewer during training)."""
 
     reference: str = ""
-    num_images: int = 10_000
-    batch_size: int = 250
+    num_images: Annotated[int, at.Ge(1)] = 10_000
+    batch_size: Annotated[int, at.Ge(1)] = 250
     inception_weights: str | None = None
     precision_recall: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class FID(Metric):

@@ -10,11 +10,14 @@ quarters (which may reach back into the training years) as the past.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import numpy as np
 from datasets import Array2D, Dataset, Features
 
 from carl.data import DataSource
+from carl.ranges import check_ranges
 
 CHANNELS = ("gdp growth", "consumption growth", "unemployment", "inflation")
 FIRST_VALIDATION_YEAR = 2000
@@ -34,8 +37,11 @@ def macro_table() -> tuple[np.ndarray, np.ndarray]:
 class MacroConfig:
     """``context`` past quarters and ``horizon`` forecast quarters per window (stride 1)."""
 
-    context: int = 24
-    horizon: int = 8
+    context: Annotated[int, at.Ge(1)] = 24
+    horizon: Annotated[int, at.Ge(1)] = 8
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class MacroSeries(DataSource):
