@@ -34,6 +34,11 @@ class DataSource(ABC):
         """Decoded samples ``(B, ...)`` -> uint8 pictures ``(B, H, W, 3)``, or None if not picturable."""
         return None
 
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raise ValueError (one line naming both sides) when this data does not fit ``tokenizer``
+        in a way shapes cannot show (a forecasting window's context, say); default: nothing.
+        Item shapes are checked by the core against ``tokenizer.input_shape``."""
+
 
 @dataclass(frozen=True)
 class ToyConfig:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from carl.cache import is_complete, load_cache
+from carl.checks import check_data_fits
 from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
 from carl.hub import write_model_folder_extras
@@ -175,6 +176,7 @@ class Trainer:
 
     def _setup_model(self, dataset) -> ContinuousAR:
         model = ContinuousAR(self.cfg.model)
+        check_data_fits(self.source, dataset, model.tokenizer, data=self.cfg.data.name, tokenizer_name=self.cfg.model.tokenizer.name)
         if self.resume:
             return model  # the checkpoint holds the tokenizer state
         if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache

@@ -57,6 +57,10 @@ class PatchTokenizer(Tokenizer):
         self.register_buffer("std", torch.ones(channels))
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.shape)
+
+    @property
     def needs_fit(self) -> bool:
         return self.config.normalize
 

@@ -21,9 +21,11 @@ from carl.ranges import FieldError, check_ranges
 from carl.tokenizers.base import Tokenizer
 from carl.weights import load_state_file, load_strict, resolve_weights
 
+GROUPS = 32  # of every GroupNorm
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -179,6 +181,8 @@ class KL16Config:
         check_ranges(self)
         if not self.ch_mult:
             raise FieldError("ch_mult", "needs at least one level")
+        if any(self.ch * m % GROUPS for m in self.ch_mult):
+            raise FieldError("ch", f"{self.ch} times each of ch_mult {self.ch_mult} must be a multiple of {GROUPS} (the GroupNorm groups)")
         if self.image_size % self.stride:
             raise FieldError("image_size", f"{self.image_size} is not a multiple of the stride {self.stride}")
         if any(level >= len(self.ch_mult) for level in self.attn_levels):
@@ -215,6 +219,10 @@ class KL16Tokenizer(Tokenizer):
         self.post_quant_conv = nn.Conv2d(c.z_channels, c.z_channels, 1)
 
     # -- weights -------------------------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.config.image_size, self.config.image_size)
 
     def prepare(self) -> None:
         if self.config.weights is not None:

@@ -59,6 +59,10 @@ class SeriesTokenizer(Tokenizer):
     def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         return x * std + mean
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (self.config.length, self.config.channels)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.normalize(x)[0], "b (n p) c -> b n (p c)", p=self.config.patch)
 
