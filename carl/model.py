@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from carl.backbone import Backbone
 from carl.config import ModelConfig, from_dict, to_dict
 from carl.orders.base import Plan
-from carl.scores.base import Guidance
+from carl.scores.base import Guidance, guidance_scale
 from carl.weights import WeightsError, load_strict
 
 
@@ -221,9 +221,7 @@ class ContinuousAR(
         guidance = None
         if cfg != 1.0:
             hidden, uncond = hidden.chunk(2, dim=0)
-            share = known_after / self.tokenizer.num_tokens
-            scale = 1.0 + (cfg - 1.0) * share if cfg_schedule == "linear" else cfg
-            guidance = Guidance(uncond=uncond, scale=scale)
+            guidance = Guidance(uncond=uncond, scale=guidance_scale(cfg, cfg_schedule, known_after, self.tokenizer.num_tokens))
         return self.score.sample(hidden, temperature=temperature, guidance=guidance, generator=generator)
 
     def _generate_bidirectional(self, cond, order, steps, **sampler) -> torch.Tensor:

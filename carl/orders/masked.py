@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import annotated_types as at
+import numpy as np
 import torch
 
 from carl.orders.base import Order, Plan, random_permutations
@@ -57,13 +58,15 @@ class MaskedOrder(Order):
         return Plan(order, known)
 
     def schedule(self, seq_len: int, num_steps: int) -> list[int]:
-        steps = max(1, min(num_steps, seq_len))
+        # MAR's and EAR's loop exactly: with more steps than tokens some steps write nothing
+        # (the masked count is held at >= 1 until the last step); those are left out.
+        steps = max(1, num_steps)
         known, unknown = [], seq_len
         for step in range(steps):
             if step == steps - 1:
                 masked = 0
             else:
-                masked = math.floor(seq_len * math.cos(math.pi / 2 * (step + 1) / steps))
+                masked = int(np.floor(seq_len * np.cos(math.pi / 2.0 * (step + 1) / steps)))  # numpy, as MAR
                 masked = max(1, min(unknown - 1, masked))  # at least one new token, one left for later
             if seq_len - masked > (known[-1] if known else 0):
                 known.append(seq_len - masked)
