@@ -48,6 +48,8 @@ def _features(columns: dict[str, np.ndarray]) -> Features:
 
 def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_size: int = 4096, progress: bool = True) -> Path:
     """Encode the recipe's training data into ``folder`` (resuming a partial cache there)."""
+    if batch_size < 1 or shard_size < 1:
+        raise CarlError(f"batch size {batch_size} and shard size {shard_size} must be >= 1")
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
     if manifest.exists():

@@ -48,8 +48,8 @@ def cache(
     recipe: Annotated[str, typer.Argument(help="A recipe file or the name of a shipped recipe.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides: data.source=/data/imagenet")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Cache folder (default: the recipe's `cache`).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items encoded per call.")] = 64,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Items per Arrow shard (the unit of resumption).")] = 4096,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items encoded per call.")] = 64,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Items per Arrow shard (the unit of resumption).")] = 4096,
 ) -> None:
     """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
     from carl.cache import build_cache

@@ -28,13 +28,16 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    num_images: int = 50_000
-    batch_size: int = 250
-    num_steps: int = 64
-    cfg: float = 3.0
+    num_images: Annotated[int, at.Ge(1)] = 50_000
+    batch_size: Annotated[int, at.Ge(1)] = 250
+    num_steps: Annotated[int, at.Ge(1)] = 64
+    cfg: Annotated[float, at.Ge(0)] = 3.0
     cfg_schedule: str = "linear"
-    temperature: float = 0.7
-    seed: int = 0
+    temperature: Annotated[float, at.Ge(0)] = 0.7
+    seed: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:

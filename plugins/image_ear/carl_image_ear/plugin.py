@@ -80,8 +80,8 @@ def register_eval_command(app):
     def evaluate(
         checkpoint: Annotated[str, typer.Argument(help="A model folder or a Hub repo id.")],
         reference: Annotated[str, typer.Option("--reference", help="Real-image statistics (.npz, mu/sigma) or a folder of real images.")],
-        num: Annotated[int, typer.Option("--num", "-n", min=1, help="Images to generate (class-balanced).")] = 50_000,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 250,
+        num: Annotated[int, typer.Option("--num", "-n", help="Images to generate (class-balanced).")] = 50_000,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 250,
         steps: Annotated[Optional[int], typer.Option("--steps")] = None,
         cfg: Annotated[Optional[float], typer.Option("--cfg")] = None,
         temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
