@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from carl.checks import check_data_fits
 from carl.config import RecipeConfig, to_dict
 from carl.plugins import CarlError
 from carl.tokenizers.base import Tokenizer
@@ -47,6 +48,8 @@ def _features(columns: dict[str, np.ndarray]) -> Features:
 
 def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_size: int = 4096, progress: bool = True) -> Path:
     """Encode the recipe's training data into ``folder`` (resuming a partial cache there)."""
+    if batch_size < 1 or shard_size < 1:
+        raise CarlError(f"batch size {batch_size} and shard size {shard_size} must be >= 1")
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
     if manifest.exists():
@@ -57,6 +60,7 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
     source = cfg.data.build("datasets")
     dataset = source.dataset("train")
     tokenizer: Tokenizer = cfg.model.tokenizer.build("tokenizers").eval()
+    check_data_fits(source, dataset, tokenizer, data=cfg.data.name, tokenizer_name=cfg.model.tokenizer.name)
     state_file = folder / "tokenizer.safetensors"
     if state_file.exists():  # resuming: the very state that encoded the first shards
         tokenizer.load_state_dict(load_file(state_file))

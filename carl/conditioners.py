@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 from einops import repeat
 from torch import nn
 
 from carl.hookspecs import hookimpl
+from carl.ranges import check_ranges
 
 
 class Conditioner(nn.Module, ABC):
@@ -52,9 +55,12 @@ class ClassConditionerConfig:
     """``num_classes`` labels; ``buffer`` copies of the class embedding (64 in EAR/MAR);
     ``label_drop``: share of training rows made unconditional (0.1 in EAR/MAR)."""
 
-    num_classes: int = 10
-    buffer: int = 64
-    label_drop: float = 0.1
+    num_classes: Annotated[int, at.Ge(1)] = 10
+    buffer: Annotated[int, at.Ge(1)] = 64
+    label_drop: Annotated[float, at.Interval(ge=0, lt=1)] = 0.1
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class ClassConditioner(Conditioner):
@@ -100,7 +106,10 @@ class ClassConditioner(Conditioner):
 
 @dataclass(frozen=True)
 class NoConditionerConfig:
-    buffer: int = 1
+    buffer: Annotated[int, at.Ge(1)] = 1
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class NoConditioner(Conditioner):

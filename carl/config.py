@@ -15,11 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types as at
 import yaml
 
 from carl.plugins import CarlError, recipe_files, registry
+from carl.ranges import FieldError, check_ranges, range_violation
 
 
 class RecipeError(CarlError):
@@ -65,13 +67,18 @@ class BackboneConfig:
     many blocks over the condition and the known tokens alone, then ``depth`` decoder blocks
     over all positions with mask tokens; 0 is EAR's decoder-only transformer."""
 
-    width: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    encoder_depth: int = 0
+    width: Annotated[int, at.Ge(1)] = 256
+    depth: Annotated[int, at.Ge(1)] = 4
+    heads: Annotated[int, at.Ge(1)] = 4
+    mlp_ratio: Annotated[float, at.Gt(0)] = 4.0
+    dropout: Annotated[float, at.Interval(ge=0, lt=1)] = 0.1
+    attn_dropout: Annotated[float, at.Interval(ge=0, lt=1)] = 0.1
+    encoder_depth: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.width % self.heads:
+            raise FieldError("heads", f"{self.heads} does not divide width {self.width}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,52 +94,61 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation. ``lr`` = ``base_lr`` x ``global_batch`` / 256 unless ``lr`` is given."""
 
-    seed: int = 0
-    global_batch: int = 64
-    micro_batch: int | None = None  # per device and step; None: global_batch / processes
-    epochs: float = 10.0
-    max_steps: int | None = None  # overrides epochs
-    base_lr: float = 1e-4
-    lr: float | None = None
+    seed: Annotated[int, at.Ge(0)] = 0
+    global_batch: Annotated[int, at.Ge(1)] = 64
+    micro_batch: Annotated[int, at.Ge(1)] | None = None  # per device and step; None: global_batch / processes
+    epochs: Annotated[float, at.Gt(0)] = 10.0
+    max_steps: Annotated[int, at.Ge(1)] | None = None  # overrides epochs
+    base_lr: Annotated[float, at.Gt(0)] = 1e-4
+    lr: Annotated[float, at.Gt(0)] | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    weight_decay: float = 0.02
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 3.0
-    head_lr_scale: float = 1.0
-    ema_decay: float = 0.9999
+    warmup_epochs: Annotated[float, at.Ge(0)] = 0.0
+    min_lr: Annotated[float, at.Ge(0)] = 0.0
+    weight_decay: Annotated[float, at.Ge(0)] = 0.02
+    betas: tuple[Annotated[float, at.Interval(ge=0, lt=1)], Annotated[float, at.Interval(ge=0, lt=1)]] = (0.9, 0.95)
+    grad_clip: Annotated[float, at.Gt(0)] | None = 3.0
+    head_lr_scale: Annotated[float, at.Gt(0)] = 1.0
+    ema_decay: Annotated[float, at.Interval(ge=0, lt=1)] = 0.9999
     # (from_epoch, temperature) pairs, e.g. [[0, 1.0], [750, 0.99]]: EAR's last 50 epochs at 0.99
-    train_temperature: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
+    train_temperature: tuple[tuple[Annotated[float, at.Ge(0)], Annotated[float, at.Gt(0)]], ...] = ((0.0, 1.0),)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    num_workers: int = 0
-    log_every: int = 20
-    sample_every: int | None = 500
-    checkpoint_every: int | None = 500
-    keep_checkpoints: int = 2
-    skip_nonfinite: int = 0  # non-finite steps whose update may be skipped; 0: the first one stops training
+    num_workers: Annotated[int, at.Ge(0)] = 0
+    log_every: Annotated[int, at.Ge(1)] = 20
+    sample_every: Annotated[int, at.Ge(1)] | None = 500
+    checkpoint_every: Annotated[int, at.Ge(1)] | None = 500
+    keep_checkpoints: Annotated[int, at.Ge(1)] = 2
+    skip_nonfinite: Annotated[int, at.Ge(0)] = 0  # non-finite steps whose update may be skipped; 0: the first one stops training
     tracker: Literal["tensorboard", "none"] = "tensorboard"
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """Generation defaults, used by ``carl sample`` and the training-time sample grids."""
 
-    num_steps: int = 64
-    cfg: float = 1.0
+    num_steps: Annotated[int, at.Ge(1)] = 64
+    cfg: Annotated[float, at.Ge(0)] = 1.0
     cfg_schedule: Literal["linear", "constant"] = "linear"
-    temperature: float = 1.0
-    per_row: int = 8
-    rows: int = 10
-    seed: int = 0
+    temperature: Annotated[float, at.Ge(0)] = 1.0
+    per_row: Annotated[int, at.Ge(1)] = 8
+    rows: Annotated[int, at.Ge(1)] = 10
+    seed: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """Evaluation during training: ``metric`` every ``every_epochs`` epochs (None: never)."""
 
-    every_epochs: float | None = None
+    every_epochs: Annotated[float, at.Gt(0)] | None = None
     metric: Component = component("metrics", "loss")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +169,10 @@ class ReconstructionConfig:
     the posterior to N(0, I), averaged over latent values."""
 
     reconstruction: Literal["mse", "l1", "bce"] = "mse"
-    kl_weight: float = 1e-4
+    kl_weight: Annotated[float, at.Ge(0)] = 1e-4
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -163,10 +182,13 @@ class TokenizerEvalConfig:
     ``normalize_samples`` training items; the reconstruction grid shows ``preview_rows`` pairs of rows."""
 
     split: str = "validation"
-    every_epochs: float | None = 1.0
-    samples: int = 1000
-    normalize_samples: int = 4096
-    preview_rows: int = 2
+    every_epochs: Annotated[float, at.Gt(0)] | None = 1.0
+    samples: Annotated[int, at.Ge(1)] = 1000
+    normalize_samples: Annotated[int, at.Ge(1)] = 4096
+    preview_rows: Annotated[int, at.Ge(1)] = 2
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,7 +211,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Validate ``data`` (parsed YAML) into dataclass ``cls``; errors name the key path."""
     if not isinstance(data, dict):
         raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # keeps the ranges of Annotated fields
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
@@ -208,7 +230,9 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise RecipeError(f"{_join(path, missing[0])}: required key is missing")
     try:
         return cls(**values)
-    except (TypeError, ValueError) as exc:
+    except FieldError as exc:
+        raise RecipeError(f"{_join(path, exc.key)}: {exc.message}") from exc
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise RecipeError(f"{path or 'recipe'}: {exc}") from exc
 
 
@@ -243,6 +267,11 @@ def _component(kind: str, data: Any, path: str) -> Component:
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:  # a typed value with a range: Annotated[float, at.Gt(0)]
+        value = _coerce(args[0], value, path)
+        if why := range_violation(value, args[1:]):
+            raise RecipeError(f"{path}: {why}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -283,6 +312,38 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# YAML: safe_load that refuses duplicate keys
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives the same key twice (YAML forbids it; PyYAML would keep the last silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` semantics, plus a clear error for a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise DuplicateKeyError(f"duplicate key '{key}' on line {line} (first given on line {lines[key]})")
+                lines[key] = line
+            except TypeError:  # an unhashable key: the base class explains that one
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, refusing duplicate keys."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+# ---------------------------------------------------------------------------------------------
 # Serialisation, files, overrides
 
 
@@ -312,7 +373,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise RecipeError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = parse_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"override '{item}': not valid YAML: {exc}") from exc
     return data
 
 
@@ -347,7 +411,7 @@ def read_recipe(path: Path, _children: tuple[Path, ...] = ()) -> dict:
     """The parsed recipe file with the recipe it ``extends`` (a path relative to it, or a shipped
     name) merged underneath; the parent's ``output`` is not inherited."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

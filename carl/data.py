@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, Value
 
 from carl.hookspecs import hookimpl
+from carl.ranges import check_ranges
 
 
 class DataSource(ABC):
@@ -31,16 +34,24 @@ class DataSource(ABC):
         """Decoded samples ``(B, ...)`` -> uint8 pictures ``(B, H, W, 3)``, or None if not picturable."""
         return None
 
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raise ValueError (one line naming both sides) when this data does not fit ``tokenizer``
+        in a way shapes cannot show (a forecasting window's context, say); default: nothing.
+        Item shapes are checked by the core against ``tokenizer.input_shape``."""
+
 
 @dataclass(frozen=True)
 class ToyConfig:
     """``num_samples`` sequences of ``length`` 2-D points in ``num_classes`` classes."""
 
-    num_samples: int = 2048
-    length: int = 8
-    num_classes: int = 4
-    noise: float = 0.05
-    seed: int = 0
+    num_samples: Annotated[int, at.Ge(1)] = 2048
+    length: Annotated[int, at.Ge(1)] = 8
+    num_classes: Annotated[int, at.Ge(1)] = 4
+    noise: Annotated[float, at.Ge(0)] = 0.05
+    seed: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class ToySequences(DataSource):

@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import HfApi, snapshot_download
 
 from carl.checkpoints import latest_checkpoint
-from carl.config import RecipeConfig, dump_recipe, from_dict, to_dict
+from carl.config import RecipeConfig, dump_recipe, from_dict, parse_yaml, to_dict
 from carl.model import ContinuousAR
 from carl.plugins import CarlError, plugin_infos, registry
 
@@ -81,9 +81,11 @@ def load_model(checkpoint: str | Path, revision: str | None = None) -> tuple[Con
     recipe_path = folder / RECIPE_FILE
     if not recipe_path.exists():  # checked before the weights are read
         raise CarlError(f"{folder} has no {RECIPE_FILE}")
-    recipe = from_dict(RecipeConfig, yaml.safe_load(recipe_path.read_text()))
+    recipe = from_dict(RecipeConfig, parse_yaml(recipe_path.read_text()))
     try:
         model = ContinuousAR.from_pretrained(folder)
+    except CarlError:  # already one line naming the file
+        raise
     except Exception as exc:  # a truncated or corrupt file: say which
         raise CarlError(f"cannot read the weights {folder / WEIGHTS_FILE}: {type(exc).__name__}: {exc}") from exc
     return model.eval(), recipe

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 
 from carl.hookspecs import hookimpl
+from carl.ranges import check_ranges
 
 
 class Metric(ABC):
@@ -24,8 +27,11 @@ class LossConfig:
     """``split``: the data split to score; ``num_items``: how many of its first items."""
 
     split: str = "train"
-    num_items: int = 1024
-    batch_size: int = 64
+    num_items: Annotated[int, at.Ge(1)] = 1024
+    batch_size: Annotated[int, at.Ge(1)] = 64
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class HeldOutLoss(Metric):

@@ -4,13 +4,15 @@ import dataclasses
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from carl.backbone import Backbone
 from carl.config import Component, ModelConfig, from_dict, to_dict
 from carl.orders.base import Plan
-from carl.scores.base import Guidance
+from carl.scores.base import Guidance, guidance_scale
+from carl.weights import WeightsError, load_strict
 
 
 class ContinuousAR(
@@ -48,6 +50,25 @@ class ContinuousAR(
             query_next=self.order.query_next,
         )
         self.score = config.score.build("scores", hidden_dim=config.backbone.width, token_dim=self.tokenizer.token_dim)
+
+    # ------------------------------------------------------------------------------------------
+    # loading (the Hub mixin's hooks): strict, safetensors only
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file, map_location, strict):
+        """Every tensor of the model must be in ``model_file`` and nothing else (the mixin's
+        default leaves missing ones at their random initialisation); errors name the file and
+        the first missing or unexpected keys."""
+        try:
+            state = load_file(model_file, device=str(map_location))
+        except Exception as exc:  # truncated or not safetensors: say which file
+            raise WeightsError(f"cannot read the weights {model_file}: {type(exc).__name__}: {exc}") from exc
+        load_strict(model, state, source=model_file)
+        return model.eval()
+
+    @classmethod
+    def _load_as_pickle(cls, model, model_file, map_location, strict):
+        raise WeightsError(f"{model_file}: carl reads model weights from model.safetensors only, not from pickles")
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -203,9 +224,7 @@ class ContinuousAR(
         guidance = None
         if cfg != 1.0:
             hidden, uncond = hidden.chunk(2, dim=0)
-            share = known_after / self.tokenizer.num_tokens
-            scale = 1.0 + (cfg - 1.0) * share if cfg_schedule == "linear" else cfg
-            guidance = Guidance(uncond=uncond, scale=scale)
+            guidance = Guidance(uncond=uncond, scale=guidance_scale(cfg, cfg_schedule, known_after, self.tokenizer.num_tokens))
         return self.score.sample(hidden, temperature=temperature, guidance=guidance, generator=generator)
 
     def _generate_bidirectional(self, cond, order, steps, **sampler) -> torch.Tensor:

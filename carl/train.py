@@ -107,7 +107,7 @@ class Trainer:
         self.accelerator.gradient_accumulation_steps = self.batching.accumulation
         set_seed(train.seed)
         self.source, dataset = self._setup_data()
-        self.model = self.job.build(dataset, self.resume)
+        self.model = self.job.build(self.source, dataset, self.resume)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(train.ema_decay))
         loader = self._setup_loader(dataset)
         self.steps_per_epoch = max(1, len(loader) // (self.accelerator.num_processes * self.batching.accumulation))

@@ -64,7 +64,7 @@ def test_wrong_types(section, key, value, match):
 def test_invalid_value_inside_component():
     data = base()
     data["model"]["score"]["alpha"] = 3.0
-    with pytest.raises(RecipeError, match=r"model\.score: alpha must lie in \(0, 2\]"):
+    with pytest.raises(RecipeError, match=r"model\.score\.alpha: 3\.0 is out of range; allowed: \(0, 2\]"):
         from_dict(RecipeConfig, data)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from carl.checks import check_data_fits
 from carl.config import RecipeConfig, TrainConfig
 from carl.data import DataSource
 from carl.hub import write_model_folder_extras
@@ -59,8 +60,9 @@ class ARJob(Job):
         self.metric = cfg.eval.metric.build("metrics") if every else None
         self.cached_tokenizer = None  # the tokenizer state a token cache was encoded with
 
-    def build(self, dataset, resume: bool) -> ContinuousAR:
+    def build(self, source: DataSource, dataset, resume: bool) -> ContinuousAR:
         model = ContinuousAR(self.cfg.model)
+        check_data_fits(source, dataset, model.tokenizer, data=self.cfg.data.name, tokenizer_name=self.cfg.model.tokenizer.name)
         if resume:
             return model  # the checkpoint holds the tokenizer state
         if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache

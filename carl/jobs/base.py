@@ -28,9 +28,10 @@ class Job(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def build(self, dataset, resume: bool) -> nn.Module:
-        """The module to train (``forward(batch) -> scalar loss``), with its external state
-        prepared unless ``resume`` (the checkpoint then holds all state)."""
+    def build(self, source: DataSource, dataset, resume: bool) -> nn.Module:
+        """The module to train (``forward(batch) -> scalar loss``) on ``dataset`` (made by ``source``),
+        checked against the data and with its external state prepared unless ``resume`` (the
+        checkpoint then holds all state)."""
 
     def param_groups(self, module: nn.Module, train: TrainConfig, lr: float) -> list[dict]:
         """AdamW groups; default: weight decay on matrices and kernels, none on biases and norms."""

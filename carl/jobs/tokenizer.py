@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carl.checks import check_data_fits
 from carl.config import ReconstructionConfig, TokenizerRecipeConfig, dump_recipe
 from carl.data import DataSource
 from carl.jobs.base import Job
@@ -73,11 +74,12 @@ class TokenizerJob(Job):
         self.source = cfg.data.build("datasets")
         self._heldout = None
 
-    def build(self, dataset, resume: bool) -> AutoencoderObjective:
+    def build(self, source: DataSource, dataset, resume: bool) -> AutoencoderObjective:
         tokenizer = self.cfg.tokenizer.build("tokenizers")
         if not getattr(tokenizer, "trainable", False):
             raise CarlError(f"tokenizer '{self.cfg.tokenizer.name}' cannot be trained by carl "
                             "(a trainable tokenizer has posterior, decode_latents and activate)")
+        check_data_fits(source, dataset, tokenizer, data=self.cfg.data.name, tokenizer_name=self.cfg.tokenizer.name)
         if self.cfg.loss.reconstruction == "bce" and tokenizer.config.output != "sigmoid":
             raise CarlError("loss.reconstruction bce needs the tokenizer's output: sigmoid (data in [0, 1])")
         if not resume and getattr(tokenizer.config, "path", None) is not None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
+import numpy as np
 import torch
 
 from carl.orders.base import Order, Plan, random_permutations
+from carl.ranges import check_ranges
 
 
 @dataclass(frozen=True)
@@ -15,12 +19,11 @@ class MaskedOrderConfig:
     """The masking ratio follows a normal centred at 1 with std ``mask_std``, truncated to
     ``[mask_ratio_min, 1]`` (MAR, EAR)."""
 
-    mask_ratio_min: float = 0.7
-    mask_std: float = 0.25
+    mask_ratio_min: Annotated[float, at.Interval(gt=0, le=1)] = 0.7
+    mask_std: Annotated[float, at.Gt(0)] = 0.25
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mask_ratio_min <= 1.0 or self.mask_std <= 0:
-            raise ValueError("need 0 < mask_ratio_min <= 1 and mask_std > 0")
+        check_ranges(self)
 
 
 class MaskedOrder(Order):
@@ -55,13 +58,15 @@ class MaskedOrder(Order):
         return Plan(order, known)
 
     def schedule(self, seq_len: int, num_steps: int) -> list[int]:
-        steps = max(1, min(num_steps, seq_len))
+        # MAR's and EAR's loop exactly: with more steps than tokens some steps write nothing
+        # (the masked count is held at >= 1 until the last step); those are left out.
+        steps = max(1, num_steps)
         known, unknown = [], seq_len
         for step in range(steps):
             if step == steps - 1:
                 masked = 0
             else:
-                masked = math.floor(seq_len * math.cos(math.pi / 2 * (step + 1) / steps))
+                masked = int(np.floor(seq_len * np.cos(math.pi / 2.0 * (step + 1) / steps)))  # numpy, as MAR
                 masked = max(1, min(unknown - 1, masked))  # at least one new token, one left for later
             if seq_len - masked > (known[-1] if known else 0):
                 known.append(seq_len - masked)

@@ -22,6 +22,20 @@ class Guidance:
         return self.scale * cond + (1.0 - self.scale) * self.uncond
 
 
+def guidance_scale(cfg: float, schedule: str, known_after: int, num_tokens: int) -> float:
+    """The guidance scale of a generation step after which ``known_after`` of ``num_tokens`` are known.
+
+    ``linear`` is MAR's and EAR's schedule (after Muse), ``1 + (cfg - 1) (N - m) / N`` with ``m``
+    the count still masked after the step, at least 1: the official samplers clamp the next
+    step's mask length to 1 even at the last step, so the full ``cfg`` is never reached (the last
+    step of 16 tokens at cfg 3 uses 2.875). ``constant`` is ``cfg`` at every step.
+    """
+    if schedule == "constant":
+        return cfg
+    masked = max(1, num_tokens - known_after)
+    return 1.0 + (cfg - 1.0) * (num_tokens - masked) / num_tokens
+
+
 class ScoringRule(nn.Module, ABC):
     """A per-token distribution head trained by a proper scoring rule.
 

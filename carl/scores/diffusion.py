@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
+import annotated_types as at
 import torch
 from torch import nn
 
+from carl.ranges import FieldError, check_ranges
 from carl.scores.base import Guidance, ScoringRule
 from carl.scores.generator import FinalLayer, ResBlock, init_adaln_mlp
-from carl.scores.log_score import HALF_LOG_2PI, standard_normal
+from carl.scores.log_score import standard_normal
 
 # A denoiser: (noisy tokens (M, D), timesteps (M,) or (1,), hidden (M, C)) -> (eps (M, D), variance logits (M, D)).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -27,21 +29,18 @@ class DiffusionScoreConfig:
     first respaced steps divide by sqrt(alpha_bar) ~ 5e-5, so a head trained briefly can blow
     up there; a bound of the data's range prevents it."""
 
-    depth: int = 3
-    width: int = 256
-    train_steps: int = 1000
-    sample_steps: int = 100
+    depth: Annotated[int, at.Ge(1)] = 3
+    width: Annotated[int, at.Ge(1)] = 256
+    train_steps: Annotated[int, at.Ge(1)] = 1000
+    sample_steps: Annotated[int, at.Ge(1)] = 100
     schedule: Literal["cosine", "linear"] = "cosine"
-    batch_mul: int = 4
-    clip_x0: float | None = None
+    batch_mul: Annotated[int, at.Ge(1)] = 4
+    clip_x0: Annotated[float, at.Gt(0)] | None = None
 
     def __post_init__(self) -> None:
-        if self.clip_x0 is not None and self.clip_x0 <= 0:
-            raise ValueError(f"clip_x0 must be positive, got {self.clip_x0}")
-        if self.depth < 1 or self.batch_mul < 1:
-            raise ValueError("depth and batch_mul must be >= 1")
-        if not 1 <= self.sample_steps <= self.train_steps:
-            raise ValueError(f"need 1 <= sample_steps <= train_steps, got {self.sample_steps} and {self.train_steps}")
+        check_ranges(self)
+        if self.sample_steps > self.train_steps:
+            raise FieldError("sample_steps", f"{self.sample_steps} exceeds train_steps {self.train_steps}")
 
 
 def betas_for(schedule: str, steps: int) -> torch.Tensor:
@@ -56,11 +55,18 @@ def betas_for(schedule: str, steps: int) -> torch.Tensor:
 
 
 def respaced_timesteps(train_steps: int, sample_steps: int) -> torch.Tensor:
-    """``sample_steps`` of the ``train_steps`` levels, evenly spread, first and last included."""
-    if sample_steps == 1:
-        return torch.tensor([train_steps - 1])
-    stride = (train_steps - 1) / (sample_steps - 1)
-    return torch.tensor([round(i * stride) for i in range(sample_steps)])
+    """``sample_steps`` of the ``train_steps`` levels, evenly spread from the first to the last.
+
+    Exactly MAR's (ADM's) ``space_timesteps`` with one section: the index advances by a float
+    stride ``(train_steps - 1) / (sample_steps - 1)`` added up step by step and rounded half to
+    even, so accumulated float error decides the ties as it does there; one step keeps level 0.
+    """
+    stride = 1.0 if sample_steps <= 1 else (train_steps - 1) / (sample_steps - 1)
+    levels, index = [], 0.0
+    for _ in range(sample_steps):
+        levels.append(round(index))
+        index += stride
+    return torch.tensor(sorted(set(levels)))
 
 
 class NoiseSchedule(nn.Module):
@@ -173,6 +179,25 @@ def normal_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:
     return 0.5 * (log_var2 - log_var1 + torch.exp(log_var1 - log_var2) + (mean1 - mean2) ** 2 * torch.exp(-log_var2) - 1)
 
 
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of the standard normal CDF that ADM and MAR use."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(bin of x) under N(mean, exp(log_scale)^2) with bins of width 2/255 on [-1, 1], the
+    edge bins open to infinity, elementwise in nats (ADM's decoder likelihood, which MAR keeps
+    for the t = 0 term of its diffusion loss even though tokens are not 8-bit values)."""
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
 class DiffusionScore(ScoringRule):
     r"""The Hyvarinen score through denoising score matching (MAR's diffusion loss, Li et al. 2024;
     the score-rule view: EAR, section 3; Hyvarinen 2005, Vincent 2011).
@@ -186,7 +211,7 @@ class DiffusionScore(ScoringRule):
     expectation equals, up to a constant, the Hyvarinen score of the noised model, which is proper
     (strictly at every noise level > 0). L_vb (Nichol & Dhariwal's hybrid loss) trains only the
     learned-range variance: the KL of the reverse step with the mean frozen, in bits per value
-    (a continuous Gaussian likelihood at t = 0, where ADM uses a discretised one for pixels).
+    (at t = 0 the discretised Gaussian likelihood of ADM and MAR, bins of 2/255).
 
     Sampling runs ``sample_steps`` respaced ancestral steps from N(0, I); the temperature scales
     the noise of every step (MAR); guidance is applied to the noise prediction at every step,
@@ -226,7 +251,7 @@ class DiffusionScore(ScoringRule):
         mean, log_var = schedule.p_mean_log_var(xt, t, eps.detach(), var_logits)
         true_mean = schedule.posterior(x0, xt, t)
         kl = normal_kl(true_mean, schedule.at("posterior_log_var", t), mean, log_var).mean(-1)
-        nll = (0.5 * (x0 - mean).square() * torch.exp(-log_var) + 0.5 * log_var + HALF_LOG_2PI).mean(-1)
+        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var).mean(-1)
         return mse + torch.where(t == 0, nll, kl) / math.log(2.0)
 
     @torch.no_grad()

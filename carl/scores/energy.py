@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 
 from carl.scores.sample_based import SampleScore, SampleScoreConfig, pairs
@@ -14,12 +16,7 @@ from carl.scores.sample_based import SampleScore, SampleScoreConfig, pairs
 class EnergyScoreConfig(SampleScoreConfig):
     """``alpha``: the distance exponent in (0, 2]; the other options: :class:`SampleScoreConfig`."""
 
-    alpha: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.alpha <= 2.0:
-            raise ValueError(f"alpha must lie in (0, 2] (strictly proper in (0, 2)), got {self.alpha}")
+    alpha: Annotated[float, at.Interval(gt=0, le=2)] = 1.0  # strictly proper in (0, 2)
 
 
 class EnergyScore(SampleScore):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
+import annotated_types as at
 import torch
 
 from carl.scores.sample_based import SampleScore, SampleScoreConfig, pairs
@@ -19,15 +20,8 @@ class KernelScoreConfig(SampleScoreConfig):
     kernel's exponent in (0, 2)."""
 
     kernel: Literal["gaussian", "laplacian", "energy", "linear"] = "gaussian"
-    bandwidth: float = 1.0
-    alpha: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.bandwidth <= 0:
-            raise ValueError(f"bandwidth must be positive, got {self.bandwidth}")
-        if not 0.0 < self.alpha < 2.0:
-            raise ValueError(f"the energy kernel needs alpha in (0, 2), got {self.alpha}")
+    bandwidth: Annotated[float, at.Gt(0)] = 1.0
+    alpha: Annotated[float, at.Interval(gt=0, lt=2)] = 1.0  # the energy kernel is characteristic on (0, 2)
 
 
 class KernelScore(SampleScore):

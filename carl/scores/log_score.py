@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from carl.ranges import FieldError, check_ranges
 from carl.scores.base import Guidance, ScoringRule
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -23,17 +26,18 @@ class LogScoreConfig:
     safety). ``batch_mul`` exists only to refuse values other than 1: the log score's loss draws
     no noise, so repeating a token would only repeat work."""
 
-    depth: int = 2
-    width: int = 256
-    min_std: float = 1e-3
-    max_std: float = 10.0
-    batch_mul: int = 1
+    depth: Annotated[int, at.Ge(1)] = 2
+    width: Annotated[int, at.Ge(1)] = 256
+    min_std: Annotated[float, at.Gt(0)] = 1e-3
+    max_std: Annotated[float, at.Gt(0)] = 10.0
+    batch_mul: Annotated[int, at.Ge(1)] = 1
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.batch_mul != 1:
-            raise ValueError("batch_mul must be 1 for the log score: its loss is deterministic given the hidden state")
-        if self.depth < 1 or not 0 < self.min_std < self.max_std:
-            raise ValueError("need depth >= 1 and 0 < min_std < max_std")
+            raise FieldError("batch_mul", "must be 1 for the log score: its loss is deterministic given the hidden state")
+        if not self.min_std < self.max_std:
+            raise FieldError("max_std", f"{self.max_std} must exceed min_std {self.min_std}")
 
 
 def bounded_log_std(raw: torch.Tensor, min_std: float, max_std: float) -> torch.Tensor:
@@ -118,8 +122,8 @@ class GaussianScoreConfig(LogScoreConfig):
     deviation that replaces the model's at sampling time (EAR, Figure 4); ``temperature`` then
     scales it as usual."""
 
-    sigma: float | None = None
-    sample_sigma: float | None = None
+    sigma: Annotated[float, at.Gt(0)] | None = None
+    sample_sigma: Annotated[float, at.Gt(0)] | None = None
 
 
 class GaussianScore(LogScore):
@@ -157,12 +161,7 @@ class GaussianScore(LogScore):
 class MixtureScoreConfig(LogScoreConfig):
     """``components``: K, the number of diagonal Gaussians in the mixture."""
 
-    components: int = 8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.components < 1:
-            raise ValueError("a mixture needs components >= 1")
+    components: Annotated[int, at.Ge(1)] = 8
 
 
 class MixtureScore(LogScore):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
+import annotated_types as at
 import torch
 from einops import rearrange
 
+from carl.ranges import check_ranges
 from carl.scores.base import Guidance, ScoringRule
 from carl.scores.generator import MLPGenerator, draw_noise
 
@@ -20,19 +22,16 @@ class SampleScoreConfig:
     with its own M draws (EAR uses 2). ``depth``/``width``: the MLP generator. ``noise``: its
     input noise, ``noise_dim`` values uniform in [-0.5, 0.5] or Gaussian."""
 
-    train_temperature: float = 1.0
-    num_samples: int = 2
-    batch_mul: int = 2
-    depth: int = 3
-    width: int = 256
-    noise_dim: int = 64
+    train_temperature: Annotated[float, at.Gt(0)] = 1.0
+    num_samples: Annotated[int, at.Ge(2)] = 2  # the diversity term needs two draws
+    batch_mul: Annotated[int, at.Ge(1)] = 2
+    depth: Annotated[int, at.Ge(1)] = 3
+    width: Annotated[int, at.Ge(1)] = 256
+    noise_dim: Annotated[int, at.Ge(1)] = 64
     noise: Literal["uniform", "gaussian"] = "uniform"
 
     def __post_init__(self) -> None:
-        if self.num_samples < 2:
-            raise ValueError("a sample-based score needs num_samples >= 2 for its diversity term")
-        if self.batch_mul < 1 or self.depth < 1:
-            raise ValueError("batch_mul and depth must be >= 1")
+        check_ranges(self)
 
 
 class SampleScore(ScoringRule):

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
+import annotated_types as at
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carl.ranges import check_ranges
 from carl.tokenizers.base import Tokenizer
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -39,16 +41,17 @@ class AutoencoderConfig:
     field that disagrees with it is an error (with every field set, as in a saved model's
     config.json, the folder is not read until ``prepare``)."""
 
-    shape: tuple[int, ...] | None = None
+    shape: tuple[Annotated[int, at.Ge(1)], ...] | None = None
     channels_last: bool | None = None
-    widths: tuple[int, ...] | None = None
-    blocks: int | None = None
-    latent_channels: int | None = None
+    widths: tuple[Annotated[int, at.Ge(1)], ...] | None = None
+    blocks: Annotated[int, at.Ge(1)] | None = None
+    latent_channels: Annotated[int, at.Ge(1)] | None = None
     output: Literal["linear", "sigmoid"] | None = None
     sample_posterior: bool = True
     path: str | None = None
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.path is not None and any(getattr(self, k) is None for k in ARCHITECTURE):
             self.resolved()  # a recipe that disagrees with its tokenizer folder fails at load
 
@@ -188,6 +191,10 @@ class AutoencoderTokenizer(Tokenizer):
         self.decoder = Decoder(self.dims, channels, config.widths, config.blocks, config.latent_channels)
         self.register_buffer("latent_shift", torch.zeros(config.latent_channels))
         self.register_buffer("latent_scale", torch.ones(config.latent_channels))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.shape)
 
     # -- weights -------------------------------------------------------------------------------
 

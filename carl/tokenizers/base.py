@@ -36,6 +36,12 @@ class Tokenizer(nn.Module, ABC):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, N, D)`` -> data batch shaped like the input of :meth:`encode`."""
 
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one data item that :meth:`encode` takes (without the batch axis), or None
+        if it takes several; training checks the data against it before the first step."""
+        return None
+
     def prepare(self) -> None:
         """Load external state (pretrained weights) before training or caching; default: nothing.
         Never called when loading a model folder, whose weights file already holds that state."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 from einops import rearrange
 
+from carl.ranges import check_ranges
 from carl.tokenizers.base import Tokenizer
 
 
@@ -17,11 +20,12 @@ class PatchTokenizerConfig:
     ``patch``: the patch size per spatial axis, ``(ph, pw)`` or ``(pt,)``.
     ``normalize``: standardise each channel with statistics that ``fit`` estimates."""
 
-    shape: tuple[int, ...] = (1, 28, 28)
-    patch: tuple[int, ...] = (4, 4)
+    shape: tuple[Annotated[int, at.Ge(1)], ...] = (1, 28, 28)
+    patch: tuple[Annotated[int, at.Ge(1)], ...] = (4, 4)
     normalize: bool = True
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         spatial = self.shape[1:] if len(self.shape) == 3 else self.shape[:1]
         if len(self.shape) not in (2, 3) or len(self.patch) != len(spatial):
             raise ValueError(f"shape {self.shape} takes a patch of {len(spatial)} sizes, got {self.patch}")
@@ -51,6 +55,10 @@ class PatchTokenizer(Tokenizer):
         self.token_dim = channels * math.prod(config.patch)
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.shape)
 
     @property
     def needs_fit(self) -> bool:

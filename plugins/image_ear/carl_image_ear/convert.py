@@ -10,6 +10,7 @@ sizes come from the tensor shapes, the training settings from the arguments when
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, to_di
 from carl.model import ContinuousAR
 from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
 
-EAR_HEADS = {"ear_base": 12, "ear_large": 16, "ear_huge": 16, "mar_base": 12, "mar_large": 16, "mar_huge": 16}
+# The official model sizes (models/ear.py, models/mar.py): name -> (width, attention heads).
+# Heads change no tensor shape, so they cannot be read from the weights.
+OFFICIAL_SIZES = {"ear_base": (768, 12), "ear_large": (1024, 16), "ear_huge": (1280, 16),
+                  "mar_base": (768, 12), "mar_large": (1024, 16), "mar_huge": (1280, 16)}
+HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
+DEFAULT_DATA = "data/imagenet"  # the official --data_path default (ImageNet: <path>/train/<class>/<image>)
 # official EAR name prefix -> carl name prefix (the rest of each key is the same)
 EAR_NAMES = [
     ("class_emb.", "conditioner.class_emb."), ("fake_latent", "conditioner.fake_latent"),
@@ -70,11 +76,40 @@ def kl16_options(state: dict) -> dict:
     }
 
 
-def ear_model_config(state: dict, args: argparse.Namespace | None, vae: dict) -> ModelConfig:
+def attention_heads(width: int, args: argparse.Namespace | None, heads: int | None = None) -> int:
+    """The attention heads of an official checkpoint: ``heads`` when given, else those of the
+    official size its ``args.model`` names, else those of the official size of that width.
+
+    Raises:
+        WeightsError: the count cannot be known (an unofficial width and no ``--heads``), or the
+            arguments contradict the weights.
+    """
+    if heads is not None:
+        if heads < 1 or width % heads:
+            raise WeightsError(f"--heads {heads} does not divide the checkpoint's width {width}")
+        return heads
+    name = getattr(args, "model", None)
+    if name is not None:
+        if name not in OFFICIAL_SIZES:
+            raise WeightsError(f"the checkpoint's args name model '{name}', not an official size "
+                               f"({', '.join(OFFICIAL_SIZES)}): give the attention heads with --heads")
+        official_width, official_heads = OFFICIAL_SIZES[name]
+        if official_width != width:
+            raise WeightsError(f"the checkpoint's args name model '{name}' (width {official_width}) but its weights have "
+                               f"width {width}: give the attention heads with --heads")
+        return official_heads
+    if width not in HEADS_BY_WIDTH:
+        raise WeightsError(f"the checkpoint names no official model (args.model) and width {width} is not an official size "
+                           f"({', '.join(map(str, HEADS_BY_WIDTH))}): the attention heads cannot be read from the "
+                           f"weights; give them with --heads")
+    return HEADS_BY_WIDTH[width]
+
+
+def ear_model_config(state: dict, args: argparse.Namespace | None, vae: dict, heads: int | None = None) -> ModelConfig:
     """carl's model config for an official EAR state dict (sizes from shapes, settings from args)."""
     width, token_dim = state["z_proj.weight"].shape
     depth = count_indexed(state, "decoder_blocks.")
-    heads = EAR_HEADS.get(getattr(args, "model", ""), width // 64)
+    heads = attention_heads(width, args, heads)
     positions = state["decoder_pos_embed_learned"].shape[1]
     image_size = getattr(args, "img_size", 256)
     buffer = getattr(args, "buffer_size", positions - (image_size // 16) ** 2)
@@ -88,13 +123,14 @@ def ear_model_config(state: dict, args: argparse.Namespace | None, vae: dict) ->
                      "dropout": getattr(args, "proj_dropout", 0.1), "attn_dropout": getattr(args, "attn_dropout", 0.1)},
         "score": {"name": "energy", "alpha": float(getattr(args, "alpha", 1.0)), "num_samples": 2,
                   "batch_mul": getattr(args, "score_batch_mul", 2),
+                  "train_temperature": float(getattr(args, "train_temperature", 1.0)),
                   "depth": count_indexed(state, "scoreloss.net.res_blocks."),
                   "width": state["scoreloss.net.input_proj.weight"].shape[0],
                   "noise_dim": state["scoreloss.net.noise_embed.weight"].shape[1]},
     })
 
 
-def mar_model_config(state: dict, args: argparse.Namespace | None, vae: dict) -> ModelConfig:
+def mar_model_config(state: dict, args: argparse.Namespace | None, vae: dict, heads: int | None = None) -> ModelConfig:
     """carl's model config for an official MAR state dict: the encoder-decoder backbone and the diffusion head."""
     width, token_dim = state["z_proj.weight"].shape
     image_size = getattr(args, "img_size", 256)
@@ -106,7 +142,7 @@ def mar_model_config(state: dict, args: argparse.Namespace | None, vae: dict) ->
         "order": {"name": "masked", "mask_ratio_min": getattr(args, "mask_ratio_min", 0.7)},
         "backbone": {"width": width, "depth": count_indexed(state, "decoder_blocks."),
                      "encoder_depth": count_indexed(state, "encoder_blocks."),
-                     "heads": EAR_HEADS.get(getattr(args, "model", ""), width // 64),
+                     "heads": attention_heads(width, args, heads),
                      "mlp_ratio": state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / width,
                      "dropout": getattr(args, "proj_dropout", 0.1), "attn_dropout": getattr(args, "attn_dropout", 0.1)},
         "score": {"name": "diffusion", "depth": count_indexed(state, "diffloss.net.res_blocks."),
@@ -126,29 +162,61 @@ def rename(state: dict, names: list[tuple[str, str]]) -> dict:
     return out
 
 
-def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_ema: bool = True) -> Path:
-    """Write a carl model folder for an official ``ear`` or ``mar`` checkpoint and the KL-16 weights ``vae``."""
+# carl's train key <- the official training argument (main_ear.py / main_mar.py)
+TRAIN_ARGS = {"seed": "seed", "micro_batch": "batch_size", "epochs": "epochs", "base_lr": "blr", "lr_schedule": "lr_schedule",
+              "warmup_epochs": "warmup_epochs", "min_lr": "min_lr", "weight_decay": "weight_decay", "grad_clip": "grad_clip",
+              "ema_decay": "ema_rate", "head_lr_scale": "score_lrscale"}
+
+
+def train_section(kind: str, args: argparse.Namespace | None) -> dict:
+    """The recipe's ``train`` section from the checkpoint's training arguments (those of its last
+    launch), key by key where present; carl's defaults for the rest."""
+    if args is None:
+        return {}
+    section = {key: getattr(args, name) for key, name in TRAIN_ARGS.items() if getattr(args, name, None) is not None}
+    if "train_temperature" in vars(args):
+        section["train_temperature"] = [[0, float(args.train_temperature)]]
+    if "micro_batch" in section:
+        accumulation = getattr(args, "accumulation_steps", 1) if kind == "ear" else 1  # MAR does not accumulate
+        section["global_batch"] = section["micro_batch"] * getattr(args, "world_size", 1) * accumulation
+        # main_*.py overwrites args.lr with blr x batch / 256 when --lr is not given: keep only a real --lr
+        lr, blr = getattr(args, "lr", None), section.get("base_lr")
+        if lr is not None and not (blr is not None and math.isclose(lr, blr * section["global_batch"] / 256)):
+            section["lr"] = lr
+    return section
+
+
+def official_recipe(kind: str, config: ModelConfig, args: argparse.Namespace | None, output: Path) -> RecipeConfig:
+    """The recipe of a converted checkpoint: its model, its data (ImageNet at the official
+    ``--data_path``), its training settings from its args, and the papers' sampling settings."""
+    return from_dict(RecipeConfig, {
+        "model": to_dict(config),
+        "data": {"name": "images", "source": getattr(args, "data_path", None) or DEFAULT_DATA, "split": "train",
+                 "image_size": config.tokenizer.options.image_size, "channels": 3},
+        "train": train_section(kind, args),
+        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7 if kind == "ear" else 1.0,
+                   "rows": 4, "per_row": 8},
+        "output": str(output),
+    })
+
+
+def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_ema: bool = True, heads: int | None = None) -> Path:
+    """Write a carl model folder for an official ``ear`` or ``mar`` checkpoint and the KL-16 weights ``vae``;
+    ``heads`` gives the attention heads of a checkpoint of an unofficial width without training args."""
     official, args = read_official(checkpoint)
     key = "model_ema" if use_ema and "model_ema" in official else "model"
     state = official[key]
+    make_config, names = {"ear": (ear_model_config, EAR_NAMES), "mar": (mar_model_config, MAR_NAMES)}[kind]
     vae_path = resolve_weights(vae, default_filename="kl16.ckpt")
     vae_state = load_state_file(vae_path)
-    make_config, names = {"ear": (ear_model_config, EAR_NAMES), "mar": (mar_model_config, MAR_NAMES)}[kind]
-    config = make_config(state, args, kl16_options(vae_state))
+    config = make_config(state, args, kl16_options(vae_state), heads)
     model = ContinuousAR(config)
     load_strict(model.tokenizer, vae_state, source=vae_path)
     carl_state = rename(state, names)
     carl_state.update({f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()})
     load_strict(model, carl_state, source=f"{checkpoint} ({key})")
     model.save_pretrained(output)
-    recipe = from_dict(RecipeConfig, {
-        "model": to_dict(config),
-        "data": {"name": "images", "image_size": config.tokenizer.options.image_size, "channels": 3},
-        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7 if kind == "ear" else 1.0,
-                   "rows": 4, "per_row": 8},
-        "output": str(output),
-    })
-    (output / "recipe.yaml").write_text(dump_recipe(recipe))
+    (output / "recipe.yaml").write_text(dump_recipe(official_recipe(kind, config, args, output)))
     return output
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+import annotated_types as at
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from carl.metrics import Metric
 from carl.plugins import CarlError
+from carl.ranges import check_ranges
 from carl.samples import tile
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -25,13 +28,16 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    num_images: int = 50_000
-    batch_size: int = 250
-    num_steps: int = 64
-    cfg: float = 3.0
+    num_images: Annotated[int, at.Ge(1)] = 50_000
+    batch_size: Annotated[int, at.Ge(1)] = 250
+    num_steps: Annotated[int, at.Ge(1)] = 64
+    cfg: Annotated[float, at.Ge(0)] = 3.0
     cfg_schedule: str = "linear"
-    temperature: float = 0.7
-    seed: int = 0
+    temperature: Annotated[float, at.Ge(0)] = 0.7
+    seed: Annotated[int, at.Ge(0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
@@ -120,10 +126,13 @@ class FIDConfig:
     generated per evaluation (class-balanced; 50,000 for reported figures, fewer during training)."""
 
     reference: str = ""
-    num_images: int = 10_000
-    batch_size: int = 250
+    num_images: Annotated[int, at.Ge(1)] = 10_000
+    batch_size: Annotated[int, at.Ge(1)] = 250
     inception_weights: str | None = None
     precision_recall: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class FID(Metric):

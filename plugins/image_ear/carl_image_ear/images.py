@@ -6,8 +6,10 @@ import io
 import logging
 import os
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+import annotated_types as at
 import numpy as np
 import torch
 from datasets import Array3D, ClassLabel, Dataset, Features, Image as ImageFeature, Value, load_dataset
@@ -15,6 +17,7 @@ from einops import rearrange, repeat
 from PIL import Image
 
 from carl.data import DataSource
+from carl.ranges import FieldError, check_ranges
 from carl_image_ear.mnist import mnist_arrays
 
 EMBEDDED = "mnist"
@@ -43,8 +46,13 @@ class ImageDataConfig:
 
     source: str = EMBEDDED
     split: str = "train"
-    image_size: int = 28
-    channels: int = 1
+    image_size: Annotated[int, at.Ge(1)] = 28
+    channels: Annotated[int, at.Interval(ge=1, le=3)] = 1
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.channels not in (1, 3):
+            raise FieldError("channels", f"must be 1 (grey) or 3 (RGB), got {self.channels}")
 
 
 class ImageData(DataSource):
@@ -53,8 +61,6 @@ class ImageData(DataSource):
     Config = ImageDataConfig
 
     def __init__(self, config: ImageDataConfig):
-        if config.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {config.channels}")
         self.config = config
         self.skipped = 0  # unreadable images dropped by the last `dataset` call
 

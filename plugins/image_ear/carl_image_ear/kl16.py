@@ -8,19 +8,24 @@ latents of 16 channels, i.e. 256 tokens of 16 values, multiplied by ``scale`` (0
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+import annotated_types as at
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from carl.ranges import FieldError, check_ranges
 from carl.tokenizers.base import Tokenizer
 from carl.weights import load_state_file, load_strict, resolve_weights
 
+GROUPS = 32  # of every GroupNorm
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -162,15 +167,31 @@ class KL16Config:
     fields default to KL-16's; smaller values give a small random autoencoder for CPU demos."""
 
     weights: str | None = None
-    image_size: int = 256
-    scale: float = 0.2325
+    image_size: Annotated[int, at.Ge(1)] = 256
+    scale: Annotated[float, at.Gt(0)] = 0.2325
     sample_posterior: bool = True
-    decode_chunk: int = 32
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2
-    attn_levels: tuple[int, ...] = (4,)
-    z_channels: int = 16
+    decode_chunk: Annotated[int, at.Ge(1)] = 32
+    ch: Annotated[int, at.Ge(1)] = 128
+    ch_mult: tuple[Annotated[int, at.Ge(1)], ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: Annotated[int, at.Ge(1)] = 2
+    attn_levels: tuple[Annotated[int, at.Ge(0)], ...] = (4,)
+    z_channels: Annotated[int, at.Ge(1)] = 16
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.ch_mult:
+            raise FieldError("ch_mult", "needs at least one level")
+        if any(self.ch * m % GROUPS for m in self.ch_mult):
+            raise FieldError("ch", f"{self.ch} times each of ch_mult {self.ch_mult} must be a multiple of {GROUPS} (the GroupNorm groups)")
+        if self.image_size % self.stride:
+            raise FieldError("image_size", f"{self.image_size} is not a multiple of the stride {self.stride}")
+        if any(level >= len(self.ch_mult) for level in self.attn_levels):
+            raise FieldError("attn_levels", f"{self.attn_levels} names a level beyond the {len(self.ch_mult)} of ch_mult")
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token side: one halving per level after the first."""
+        return 2 ** (len(self.ch_mult) - 1)
 
 
 class KL16Tokenizer(Tokenizer):
@@ -188,10 +209,7 @@ class KL16Tokenizer(Tokenizer):
     def __init__(self, config: KL16Config):
         super().__init__()
         self.config = config
-        stride = 2 ** (len(config.ch_mult) - 1)
-        if config.image_size % stride:
-            raise ValueError(f"image_size {config.image_size} is not a multiple of the stride {stride}")
-        self.grid = config.image_size // stride
+        self.grid = config.image_size // config.stride
         self.token_dim = config.z_channels
         self.num_tokens = self.grid**2
         c = config
@@ -201,6 +219,10 @@ class KL16Tokenizer(Tokenizer):
         self.post_quant_conv = nn.Conv2d(c.z_channels, c.z_channels, 1)
 
     # -- weights -------------------------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.config.image_size, self.config.image_size)
 
     def prepare(self) -> None:
         if self.config.weights is not None:

@@ -39,7 +39,7 @@ def register_pretrained(register):
 
 @hookimpl
 def register_commands(app):
-    from typing import Annotated
+    from typing import Annotated, Optional
 
     import typer
 
@@ -51,10 +51,11 @@ def register_commands(app):
             output: Annotated[Path, typer.Argument(help="The carl model folder to write.")],
             vae: Annotated[str, typer.Option("--vae", help="MAR's KL-16 weights: kl16.ckpt, .safetensors or a Hub reference.")],
             raw: Annotated[bool, typer.Option("--raw", help="Convert the raw weights instead of the EMA ones.")] = False,
+            heads: Annotated[Optional[int], typer.Option("--heads", help="Attention heads, for a checkpoint of an unofficial width without training args.")] = None,
         ) -> None:
             from carl_image_ear.convert import convert_official
 
-            typer.echo(f"model folder: {convert_official(kind, checkpoint, output, vae, use_ema=not raw)}")
+            typer.echo(f"model folder: {convert_official(kind, checkpoint, output, vae, use_ema=not raw, heads=heads)}")
 
         command.__doc__ = f"Convert an official {kind.upper()} checkpoint into a carl model folder (for `carl sample`)."
         convert.command(kind)(command)

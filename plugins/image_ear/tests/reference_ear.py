@@ -119,8 +119,20 @@ def denoiser(sd, x, t, c):
     return linear(sd, f"{p}.final_layer.linear", F.layer_norm(h, h.shape[-1:], eps=1e-6) * (1 + scale) + shift)
 
 
+def discretized_nll(x, mean, log_scale):
+    """ADM's discretised Gaussian decoder NLL (bins of 2/255 on [-1, 1], open edge bins), in nats."""
+    def cdf(v):  # ADM's tanh approximation of the normal CDF
+        return 0.5 * (1.0 + torch.tanh((2.0 / torch.pi) ** 0.5 * (v + 0.044715 * v**3)))
+
+    upper, lower = cdf((x - mean + 1 / 255) * torch.exp(-log_scale)), cdf((x - mean - 1 / 255) * torch.exp(-log_scale))
+    log_p = torch.where(x < -0.999, torch.log(upper.clamp(min=1e-12)),
+                        torch.where(x > 0.999, torch.log((1 - lower).clamp(min=1e-12)), torch.log((upper - lower).clamp(min=1e-12))))
+    return -log_p
+
+
 def mar_loss(sd, hidden, tokens, mask, t, noise, batch_mul):
-    """MAR's loss (t > 0: mse + the KL term of the learned variance) over masked tokens.
+    """MAR's loss (mse + the learned variance's term: the KL for t > 0, the discretised decoder
+    NLL at t = 0) over masked tokens.
     ``t`` and ``noise`` cover every token: ``(batch_mul * B * N,)`` and ``(batch_mul * B * N, D)``."""
     tab = cosine_tables()
     d = tokens.shape[-1]
@@ -128,19 +140,20 @@ def mar_loss(sd, hidden, tokens, mask, t, noise, batch_mul):
     x0 = tokens.reshape(-1, d).repeat(batch_mul, 1)
     weight = mask.reshape(-1).repeat(batch_mul)
 
-    def at(name):
-        return tab[name][t].float()[:, None]
+    def at(table):  # like ADM: every coefficient in float64, then read at t as float32
+        return table[t].float()[:, None]
 
-    ab, prev, beta = at("ab"), at("prev"), at("betas")
-    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    ab, prev, beta = tab["ab"], tab["prev"], tab["betas"]
+    xt = at(ab.sqrt()) * x0 + at((1 - ab).sqrt()) * noise
     eps, v = denoiser(sd, xt, t, z).chunk(2, dim=-1)
     mse = ((noise - eps) ** 2).mean(-1)
-    c1, c2 = beta * prev.sqrt() / (1 - ab), (1 - prev) * (1 - beta).sqrt() / (1 - ab)
-    pred_x0 = (1 / ab).sqrt() * xt - (1 / ab - 1).sqrt() * eps.detach()
+    c1, c2 = at(beta * prev.sqrt() / (1 - ab)), at((1 - prev) * (1 - beta).sqrt() / (1 - ab))
+    pred_x0 = at((1 / ab).sqrt()) * xt - at((1 / ab - 1).sqrt()) * eps.detach()
     true_mean, model_mean = c1 * x0 + c2 * xt, c1 * pred_x0 + c2 * xt
     frac = (v + 1) / 2
-    model_lv = frac * torch.log(beta) + (1 - frac) * at("post_log_var")
-    true_lv = at("post_log_var")
+    true_lv = at(tab["post_log_var"])
+    model_lv = frac * at(torch.log(beta)) + (1 - frac) * true_lv
     kl = 0.5 * (-1 + model_lv - true_lv + torch.exp(true_lv - model_lv) + (true_mean - model_mean) ** 2 * torch.exp(-model_lv))
-    per_row = mse + kl.mean(-1) / torch.log(torch.tensor(2.0))
+    vb = torch.where(t == 0, discretized_nll(x0, model_mean, 0.5 * model_lv).mean(-1), kl.mean(-1))
+    per_row = mse + vb / torch.log(torch.tensor(2.0))
     return (per_row * weight).sum() / weight.sum()

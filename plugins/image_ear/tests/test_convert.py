@@ -90,7 +90,7 @@ def converted(tmp_path_factory):
     torch.save({"model": raw, "model_ema": ema, "epoch": 799, "args": args}, tmp / "checkpoint-last.pth")
     vae = KL16Tokenizer(KL16Config(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_levels=()))
     torch.save({"model": vae.state_dict()}, tmp / "kl16.ckpt")
-    result = CliRunner().invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "out"), "--vae", str(tmp / "kl16.ckpt")])
+    result = CliRunner().invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "out"), "--vae", str(tmp / "kl16.ckpt"), "--heads", "2"])
     assert result.exit_code == 0, result.output
     model, recipe = load_model(tmp / "out")
     return model.eval(), ema, tmp
@@ -142,7 +142,7 @@ def test_sampling_head_matches_and_seeds_reproduce(converted):
 def test_raw_weights_on_request_and_kl16_as_safetensors(converted):
     _, _, tmp = converted
     runner = CliRunner()
-    result = runner.invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "raw"), "--vae", str(tmp / "kl16.ckpt"), "--raw"])
+    result = runner.invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp / "raw"), "--vae", str(tmp / "kl16.ckpt"), "--raw", "--heads", "2"])
     assert result.exit_code == 0, result.output
     raw, _ = load_model(tmp / "raw")
     torch.testing.assert_close(raw.backbone.mask_token, official_ear_state(0)["mask_token"])
@@ -168,7 +168,7 @@ def converted_mar(converted):
     _, _, tmp = converted
     args = argparse.Namespace(img_size=256, buffer_size=BUFFER, diffusion_batch_mul=2, num_sampling_steps="20")
     torch.save({"model": official_mar_state(2), "model_ema": official_mar_state(3), "args": args}, tmp / "mar.pth")
-    result = CliRunner().invoke(app, ["convert", "mar", str(tmp / "mar.pth"), str(tmp / "mar"), "--vae", str(tmp / "kl16.ckpt")])
+    result = CliRunner().invoke(app, ["convert", "mar", str(tmp / "mar.pth"), str(tmp / "mar"), "--vae", str(tmp / "kl16.ckpt"), "--heads", "2"])
     assert result.exit_code == 0, result.output
     model, _ = load_model(tmp / "mar")
     return model.eval(), official_mar_state(3)
@@ -202,7 +202,8 @@ def test_mar_hidden_states_and_loss_equal_the_official_architecture(converted_ma
         hidden = model._hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
         torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
 
-        t = torch.randint(1, 1000, (2 * 2 * N,), generator=g)  # t > 0: MAR's t = 0 term is a discretised likelihood
+        t = torch.randint(0, 1000, (2 * 2 * N,), generator=g)
+        t[::5] = 0  # MAR's t = 0 term is the discretised likelihood, not the KL
         noise = torch.randn(2 * 2 * N, D, generator=g)
         expected_loss = ref.mar_loss(sd, expected, tokens, mask.float(), t, noise, batch_mul=2)
         rows = torch.cat([mask.reshape(-1).nonzero()[:, 0] + k * 2 * N for k in range(2)])  # targets of each repeat
@@ -221,3 +222,72 @@ def test_mar_samples_reproducibly(converted_mar):
     first = draw()
     assert first.shape == (2, N, D) and torch.isfinite(first).all()
     torch.testing.assert_close(first, draw(), atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention heads and the converted recipe
+
+
+@pytest.mark.parametrize("width, args, heads", [
+    (768, None, 12), (1024, None, 16), (1280, None, 16),  # EAR-H / MAR-H: 16 heads, not 1280 // 64 = 20
+    (1280, argparse.Namespace(model="ear_huge"), 16), (768, argparse.Namespace(model="mar_base"), 12),
+    (128, None, 2), (1280, None, 10),  # explicit --heads
+])
+def test_attention_heads_follow_the_official_sizes(width, args, heads):
+    from carl_image_ear.convert import attention_heads
+
+    explicit = heads if width == 128 or heads == 10 else None
+    assert attention_heads(width, args, explicit) == heads
+
+
+@pytest.mark.parametrize("width, args, heads, message", [
+    (128, None, None, "width 128 is not an official size .* give them with --heads"),
+    (128, argparse.Namespace(model="ear_base"), None, "args name model 'ear_base' \\(width 768\\) but its weights have width 128"),
+    (1024, argparse.Namespace(model="ear_xl"), None, "model 'ear_xl', not an official size"),
+    (128, None, 3, "--heads 3 does not divide the checkpoint's width 128"),
+])
+def test_attention_heads_that_cannot_be_known_fail_clearly(width, args, heads, message):
+    from carl.weights import WeightsError
+    from carl_image_ear.convert import attention_heads
+
+    with pytest.raises(WeightsError, match=message):
+        attention_heads(width, args, heads)
+
+
+def test_convert_without_heads_of_an_unofficial_width_fails_in_one_line(converted, tmp_path):
+    _, _, tmp = converted
+    result = CliRunner().invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp_path / "out"), "--vae", str(tmp / "kl16.ckpt")])
+    assert result.exit_code != 0 and "give them with --heads" in str(result.exception)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+EAR_ARGS = dict(img_size=256, vae_stride=16, buffer_size=BUFFER, score_batch_mul=2, alpha=1.0, mask_ratio_min=0.7,
+                label_drop_prob=0.1, proj_dropout=0.1, attn_dropout=0.1, batch_size=32, world_size=8, accumulation_steps=2,
+                epochs=800, blr=1e-4, lr=1e-4 * 512 / 256, lr_schedule="constant", warmup_epochs=100, min_lr=0.0,
+                weight_decay=0.02, grad_clip=3.0, ema_rate=0.9999, score_lrscale=0.25, train_temperature=0.99,
+                data_path="/data/in1k", seed=1, num_workers=10, cfg=1.0)
+
+
+def convert_with(tmp, out, args):
+    torch.save({"model": official_ear_state(0), "args": args}, tmp / f"{out.name}.pth")
+    result = CliRunner().invoke(app, ["convert", "ear", str(tmp / f"{out.name}.pth"), str(out), "--vae", str(tmp / "kl16.ckpt"), "--heads", "2"])
+    assert result.exit_code == 0, result.output
+    return load_model(out)
+
+
+def test_the_recipe_takes_train_settings_data_and_train_temperature_from_the_args(converted, tmp_path):
+    _, _, tmp = converted
+    model, recipe = convert_with(tmp, tmp_path / "with-args", argparse.Namespace(**EAR_ARGS))
+    t = recipe.train
+    assert (t.global_batch, t.micro_batch, t.epochs, t.base_lr, t.lr) == (512, 32, 800, 1e-4, None)  # lr = blr x 512 / 256
+    assert (t.warmup_epochs, t.weight_decay, t.grad_clip, t.ema_decay, t.head_lr_scale, t.seed) == (100, 0.02, 3.0, 0.9999, 0.25, 1)
+    assert t.train_temperature == ((0.0, 0.99),) and model.score.config.train_temperature == 0.99
+    assert recipe.data.name == "images" and recipe.data.options.source == "/data/in1k" and recipe.data.options.channels == 3
+
+
+def test_an_explicit_lr_is_kept_and_without_args_the_data_is_imagenet(converted, tmp_path):
+    _, _, tmp = converted
+    _, recipe = convert_with(tmp, tmp_path / "lr", argparse.Namespace(**{**EAR_ARGS, "lr": 5e-4}))
+    assert recipe.train.lr == 5e-4
+    _, recipe = convert_with(tmp, tmp_path / "bare", None)
+    assert recipe.data.options.source == "data/imagenet" and recipe.data.options.source != "mnist"

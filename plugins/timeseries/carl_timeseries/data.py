@@ -9,15 +9,20 @@ quarters (which may reach back into the training years) as the past.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import numpy as np
 from datasets import Array2D, Dataset, Features
 
 from carl.data import DataSource
+from carl.ranges import check_ranges
 
 CHANNELS = ("gdp growth", "consumption growth", "unemployment", "inflation")
 FIRST_VALIDATION_YEAR = 2000
+logger = logging.getLogger(__name__)
 
 
 def macro_table() -> tuple[np.ndarray, np.ndarray]:
@@ -34,8 +39,11 @@ def macro_table() -> tuple[np.ndarray, np.ndarray]:
 class MacroConfig:
     """``context`` past quarters and ``horizon`` forecast quarters per window (stride 1)."""
 
-    context: int = 24
-    horizon: int = 8
+    context: Annotated[int, at.Ge(1)] = 24
+    horizon: Annotated[int, at.Ge(1)] = 8
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class MacroSeries(DataSource):
@@ -59,8 +67,28 @@ class MacroSeries(DataSource):
         return np.stack([series[s : s + length] for s in starts])
 
     def dataset(self, split: str = "train") -> Dataset:
-        windows = self.windows(split)
+        windows = finite_windows(self.windows(split), f"macro {split}")
         return Dataset.from_dict({"data": windows}, features=Features({"data": Array2D(windows.shape[1:], "float32")})).with_format("torch")
 
     def render(self, data):
         return None  # not pictured as a grid; benchmarks/timeseries.py draws fan charts
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """The tokenizer scales each window by its first ``context`` steps: they must be this
+        data's past, or the horizon would leak into the scale (lengths are checked by the core)."""
+        context = getattr(getattr(tokenizer, "config", None), "context", None)
+        if context is not None and context != self.config.context:
+            raise ValueError(f"data.context is {self.config.context} but the tokenizer's context is {context} "
+                             f"(it normalises each window by its first {context} steps)")
+
+
+def finite_windows(windows: np.ndarray, what: str) -> np.ndarray:
+    """The windows without a missing (NaN) or infinite value, saying how many were dropped: one
+    NaN in the past would make the whole window's scale, and with it the batch loss, NaN."""
+    keep = np.isfinite(windows).all(axis=(1, 2))
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.warning("carl: dropped %d of %d %s windows with missing or infinite values", dropped, len(windows), what)
+    if not keep.any():
+        raise ValueError(f"every one of the {len(windows)} {what} windows has missing or infinite values")
+    return windows[keep]

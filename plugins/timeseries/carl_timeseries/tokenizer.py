@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+import annotated_types as at
 import torch
 from einops import rearrange
 
+from carl.ranges import check_ranges
 from carl.tokenizers.base import Tokenizer
 
 
@@ -17,13 +20,14 @@ class SeriesConfig:
     steps only (the past), so the future never leaks into the scale. ``min_std`` floors the
     spread of flat series."""
 
-    length: int = 32
-    channels: int = 4
-    patch: int = 4
-    context: int = 24
-    min_std: float = 1e-2
+    length: Annotated[int, at.Ge(1)] = 32
+    channels: Annotated[int, at.Ge(1)] = 4
+    patch: Annotated[int, at.Ge(1)] = 4
+    context: Annotated[int, at.Ge(1)] = 24
+    min_std: Annotated[float, at.Gt(0)] = 1e-2
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.length % self.patch or self.context % self.patch or not 0 < self.context <= self.length:
             raise ValueError(f"length {self.length} and context {self.context} must be multiples of patch {self.patch}, context <= length")
 
@@ -54,6 +58,10 @@ class SeriesTokenizer(Tokenizer):
     @staticmethod
     def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         return x * std + mean
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (self.config.length, self.config.channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.normalize(x)[0], "b (n p) c -> b n (p c)", p=self.config.patch)
