@@ -1,4 +1,8 @@
-"""The one training loop, on accelerate: ``train(cfg) -> output folder``."""
+"""The one training loop, on accelerate: ``train(cfg) -> output folder``.
+
+The module is callable: ``carl.train(recipe, overrides=..., output=...)`` is carl's Python API
+(:func:`carl.api.train`, which also takes a recipe path or shipped name).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from carl.api import CallableModule
 from carl.cache import is_complete, load_cache
 from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
@@ -315,11 +321,10 @@ class Trainer:
                     break
             epoch, skip = epoch + 1, 0
         bar.close()
-        self.sample_grid()
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
-            self.save_checkpoint()  # exports the model folder, with the final grid in its card
-        elif self.accelerator.is_main_process:  # weights already exported: refresh the card (now with the grid)
+            self.save_checkpoint()  # exports the model folder before anything draws (a failing render loses nothing)
+        if self.sample_grid() is not None:  # main process, picturable data: the card shows the final grid
             self._write_extras()
         return self.output
 
@@ -390,3 +395,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+# `carl.train(...)`: Python binds this submodule as the package attribute `carl.train`, so the
+# module itself is the callable (carl/api.py).
+sys.modules[__name__].__class__ = CallableModule

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, to_dict
+from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
 
@@ -140,7 +140,6 @@ def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_em
     carl_state = rename(state, names)
     carl_state.update({f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()})
     load_strict(model, carl_state, source=f"{checkpoint} ({key})")
-    model.save_pretrained(output)
     recipe = from_dict(RecipeConfig, {
         "model": to_dict(config),
         "data": {"name": "images", "image_size": config.tokenizer.options.image_size, "channels": 3},
@@ -148,7 +147,7 @@ def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_em
                    "rows": 4, "per_row": 8},
         "output": str(output),
     })
-    (output / "recipe.yaml").write_text(dump_recipe(recipe))
+    model.save_pretrained(output, recipe=recipe)  # the same complete folder as a training run's
     return output
 
 
