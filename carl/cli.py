@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -168,19 +169,22 @@ def plugins_list(ctx: typer.Context) -> None:
             typer.echo(f"    {kind}: {', '.join(names)}")
 
 
-def _print_warnings_in_one_line() -> None:
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """``warning: message`` instead of Python's file:line and source line (a broken plugin, ...)."""
-    import warnings
-
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    typer.echo(f"warning: {message}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """The ``carl`` program: user errors in one line (usage errors in click's form), tracebacks only with --debug."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
-    if not debug:
-        _print_warnings_in_one_line()
+    with warnings.catch_warnings():  # restores Python's warning display afterwards
+        if not debug:
+            warnings.showwarning = _warn_in_one_line
+        _run(args, debug)
+
+
+def _run(args: list[str], debug: bool) -> None:
     try:
         from carl.plugins import register_commands
 
