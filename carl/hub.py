@@ -57,6 +57,8 @@ def hub_failure(exc: BaseException, what: str) -> CarlError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, errors.OfflineModeIsEnabled):
         hint = "HF_HUB_OFFLINE is set; unset it to reach the Hub"
+    elif isinstance(exc, errors.LocalEntryNotFoundError) and _offline():
+        hint = "it is not in the Hub cache, and HF_HUB_OFFLINE is set (unset it to download)"
     elif isinstance(exc, errors.LocalTokenNotFoundError) or status in (401, 403):
         hint = "not logged in, or no write access: run `hf auth login` (or set HF_TOKEN)"
     elif isinstance(exc, errors.RepositoryNotFoundError):
@@ -68,6 +70,12 @@ def hub_failure(exc: BaseException, what: str) -> CarlError:
     else:
         hint = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return CarlError(f"{what}: {hint}")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _is_network_error(exc: BaseException | None) -> bool:
@@ -99,7 +107,7 @@ def resolve_folder(checkpoint: str | Path, revision: str | None = None) -> Path:
     try:
         return Path(snapshot_download(text, revision=revision))
     except Exception as exc:
-        raise hub_failure(exc, f"cannot find model '{text}' locally or on the Hub (no such folder here)") from exc
+        raise hub_failure(exc, f"no such folder '{text}', and it cannot be fetched from the Hub") from exc
 
 
 def local_folder(folder: str | Path) -> Path:

@@ -95,9 +95,15 @@ class ContinuousAR(
 
         Returns:
             The commit URL when pushing, else None.
+
+        Raises:
+            ValueError: ``recipe`` describes another model.
         """
         from carl.hub import write_model_folder_extras
 
+        if recipe is not None and to_dict(recipe.model) != to_dict(self.config):
+            raise ValueError("save_pretrained: the recipe's model section is not this model's config; "
+                             "give the recipe the model was trained from, or none")
         super().save_pretrained(save_directory)  # config.json + model.safetensors (the mixin's pair)
         write_model_folder_extras(Path(save_directory), recipe, figures)
         if push_to_hub:

@@ -76,6 +76,9 @@ def test_every_writer_makes_the_same_complete_folder(trained, tmp_path, monkeypa
     reference.save_pretrained(tmp_path / "with-recipe", recipe=recipe)
     check_folder(tmp_path / "with-recipe", str(tmp_path / "with-recipe"), reference)
     assert open_model(tmp_path / "with-recipe").recipe == recipe
+    with pytest.raises(ValueError, match="the recipe's model section is not this model's config"):
+        reference.save_pretrained(tmp_path / "mismatch", recipe=carl.load_recipe("tiny", ["model.backbone.width=64"]))
+    assert not (tmp_path / "mismatch").exists()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: FakeHub(tmp_path / "hub", token))
     url = reference.push_to_hub("me/pushed")  # 4. push_to_hub: the card loads it from the repo
