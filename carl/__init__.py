@@ -1,14 +1,26 @@
-"""carl: the Continuous AutoRegression Library."""
+"""carl: the Continuous AutoRegression Library.
+
+The Python API (see docs/python.md)::
+
+    import carl
+    folder = carl.train("tiny", {"train.max_steps": 100}, output="runs/my-tiny")
+    model = carl.ContinuousAR.from_pretrained(folder)
+    samples = model.generate(torch.arange(4), num_steps=8)
+"""
 
 __version__ = "0.1.0"
 
 from carl.plugins import load_plugins, registry  # noqa: E402
 
-__all__ = ["__version__", "load_plugins", "registry", "ContinuousAR", "RecipeConfig", "load_recipe"]
+__all__ = ["__version__", "load_plugins", "registry", "ContinuousAR", "RecipeConfig", "load_recipe", "train"]
 
 
 def __getattr__(name: str):
     # Lazy, so that `import carl` stays light and plugins can import carl's ABCs cheaply.
+    if name == "train":  # the module carl/train.py, callable as carl.api.train
+        import carl.train
+
+        return carl.train
     if name == "ContinuousAR":
         from carl.model import ContinuousAR
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from carl.plugins import CarlError
+
+try:  # recent typers vendor click as typer._click; older ones use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 app = typer.Typer(help="carl: train and sample continuous autoregressive models.", no_args_is_help=True, add_completion=False)
 recipes_app = typer.Typer(help="List and show the shipped recipes.", no_args_is_help=True)
@@ -28,8 +34,20 @@ _add_tokenizer_app()
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from carl import __version__
+
+        typer.echo(f"carl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print carl's version and exit.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
@@ -85,53 +103,57 @@ def cache(
 
 @app.command()
 def sample(
-    checkpoint: Annotated[str, typer.Argument(help="A model folder (a training output) or a Hub repo id.")],
+    model: Annotated[str, typer.Argument(
+        help="A model folder (a training output or a saved model), a checkpoint folder "
+             "(runs/x/checkpoints/step-N: its EMA weights) or a Hub repo id (user/name).")],
     num: Annotated[Optional[int], typer.Option("--num", "-n", help="Samples per row (default: the recipe's).")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated conditions, one grid row each: 3,5,7")] = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale.")] = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (1: none).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Generation steps (masked orders).")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the grid (PNG) or, if not picturable, the tensor (.pt).")] = Path("samples.png"),
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the generation order and the sampling noise.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="The file to write, exactly: a picture of the grid (.png, .jpg, .webp) or the samples as "
+                            "a tensor (.pt); parent folders are created. Default: samples.png, or samples.pt when the "
+                            "data cannot be drawn.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")] = False,
 ) -> None:
-    """Sample a grid from a trained model."""
+    """Sample a grid (rows of conditions) from a trained model and write it as a picture or a tensor."""
     from dataclasses import replace
 
-    import torch
+    from carl.hub import open_model
+    from carl.samples import can_draw, check_output, generate_grid, write_samples
 
-    from carl.hub import load_model
-    from carl.samples import generate_grid, save_grid
-
-    model, recipe = load_model(checkpoint)
+    loaded = open_model(model)
+    source = loaded.data_source()
+    out = out or Path("samples.png" if can_draw(source) else "samples.pt")
+    check_output(out, source, overwrite)  # before spending time on sampling
     changes = dict(per_row=num, cfg=cfg, num_steps=steps, temperature=temperature, seed=seed)
-    settings = replace(recipe.sample, **{k: v for k, v in changes.items() if v is not None})
+    settings = replace(loaded.sample, **{k: v for k, v in changes.items() if v is not None})
     conditions = None
     if labels:
-        rows = model.conditioner.parse([v for v in labels.split(",") if v.strip()])
+        rows = loaded.model.conditioner.parse([v.strip() for v in labels.split(",") if v.strip()])
         settings = replace(settings, rows=len(rows))
         conditions = rows.repeat_interleave(settings.per_row)
-    data = generate_grid(model, settings, conditions, progress=True)
-    if save_grid(recipe.data.build("datasets"), data, settings.rows, out) is None:  # not picturable
-        out = out.with_suffix(".pt")
-        torch.save(data, out)
-    typer.echo(f"wrote {out}")
+    data = generate_grid(loaded.model, settings, conditions, progress=True)
+    typer.echo(f"wrote {write_samples(source, data, settings.rows, out)}")
 
 
 @app.command()
 def push(
-    checkpoint: Annotated[str, typer.Argument(help="A model folder (a training output).")],
-    repo_id: Annotated[str, typer.Argument(help="The Hub repository: user/name.")],
+    folder: Annotated[str, typer.Argument(help="A local model folder (a training output or a saved model).")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub repository: user/name (created if needed).")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Publish the latest checkpoint's raw weights, not the EMA ones.")] = False,
 ) -> None:
-    """Publish a model folder on the Hugging Face Hub (weights, config, recipe, model card, samples)."""
+    """Publish a model folder on the Hugging Face Hub (weights, config, recipe, card, samples; not checkpoints)."""
     from accelerate import PartialState
 
     from carl.hub import push as push_folder
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one upload
         return
-    typer.echo(f"pushed: {push_folder(checkpoint, repo_id, private=private, raw=raw)}")
+    typer.echo(f"pushed: {push_folder(folder, repo_id, private=private, raw=raw)}")
 
 
 @recipes_app.command("list")
@@ -167,17 +189,33 @@ def plugins_list(ctx: typer.Context) -> None:
             typer.echo(f"    {kind}: {', '.join(names)}")
 
 
-def main() -> None:
-    from carl.plugins import register_commands
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warning: message`` instead of Python's file:line and source line (a broken plugin, ...)."""
+    typer.echo(f"warning: {message}", err=True)
 
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``carl`` program: user errors in one line (usage errors in click's form), tracebacks only with --debug."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    with warnings.catch_warnings():  # restores Python's warning display afterwards
+        if not debug:
+            warnings.showwarning = _warn_in_one_line
+        _run(args, debug)
+
+
+def _run(args: list[str], debug: bool) -> None:
     try:
-        register_commands(app)
-    except CarlError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from carl.plugins import register_commands
+
+        register_commands(app)  # a broken plugin is marked failed there; the other commands stay
+        code = app(args=args, prog_name="carl", standalone_mode=False)
+    except ClickException as exc:  # usage errors: no such command or option, a bad value, a missing argument
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
         sys.exit(1)
-    debug = "--debug" in sys.argv
-    try:
-        code = app(standalone_mode=False)  # an int when a command exits early (typer turns Ctrl-C into 130)
     except (CarlError, ValueError, FileNotFoundError, OSError) as exc:
         if debug:
             raise
@@ -188,7 +226,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(130)
-    if isinstance(code, int) and code:
+    if isinstance(code, int) and code:  # typer.Exit(code) returns it outside standalone mode (Ctrl-C: 130)
         if code == 130:
             typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(code)

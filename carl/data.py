@@ -24,14 +24,18 @@ from carl.ranges import check_ranges
 
 
 class DataSource(ABC):
-    """A registered dataset. Constructors take ``(config)``."""
+    """A registered dataset. carl builds it as ``Cls(config)`` from the recipe's ``data``
+    section, validated by the class's ``Config`` dataclass (docs/plugins.md has an example)."""
 
     @abstractmethod
     def dataset(self, split: str = "train") -> torch.utils.data.Dataset:
-        """Map-style dataset of dict items with ``data`` and optionally ``condition``."""
+        """Map-style dataset of dict items with ``data`` and optionally ``condition``. carl asks
+        for ``"train"`` (training, ``carl cache``) and for the split a metric names; raise
+        ``ValueError`` naming the available splits for any other."""
 
     def render(self, data: torch.Tensor) -> np.ndarray | None:
-        """Decoded samples ``(B, ...)`` -> uint8 pictures ``(B, H, W, 3)``, or None if not picturable."""
+        """Decoded samples ``(B, ...)`` (float, CPU) -> uint8 pictures ``(B, H, W, 3)``, one per
+        sample, or None if the data is not pictured (then ``carl sample`` writes ``.pt`` files)."""
         return None
 
     def check_tokenizer(self, tokenizer) -> None:

@@ -1,7 +1,10 @@
 """The hook specifications every carl plugin implements a subset of.
 
-Each ``register_*`` hook receives a ``register(name, obj)`` callback. carl's own built-ins
-register through these very hooks, so a third-party plugin is a first-class citizen.
+Each ``register_*`` hook receives a ``register(name, obj)`` callback, except
+``register_commands``, which receives the typer ``app`` of the ``carl`` command. carl's own
+built-ins register through these very hooks, so a third-party plugin is a first-class citizen.
+A plugin whose hook raises is marked failed (``carl plugins`` says why) and the others keep
+working. ``docs/plugins.md`` is a complete example.
 """
 
 from pluggy import HookimplMarker, HookspecMarker

@@ -1,6 +1,8 @@
 """ContinuousAR: tokenizer + conditioner + order + backbone + scoring rule."""
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -9,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from carl.backbone import Backbone
-from carl.config import Component, ModelConfig, from_dict, to_dict
+from carl.config import Component, ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.orders.base import Plan
 from carl.scores.base import Guidance, guidance_scale
 from carl.weights import WeightsError, load_strict
@@ -21,16 +23,36 @@ class ContinuousAR(
     library_name="carl",
     tags=["continuous-autoregression"],
 ):
-    """A continuous autoregressive model.
+    """A continuous autoregressive model: tokenizer + conditioner + order + backbone + scoring rule.
+
+    Each part is chosen by its registered name in a :class:`carl.config.ModelConfig` (the
+    ``model`` section of a recipe), so a model is rebuilt from ``config.json`` alone.
 
     Training: ``loss(batch)`` encodes the data (or takes cached ``tokens``), asks the order for a
     plan, runs the backbone over ``[condition tokens ; tokens]`` and scores the hidden states of
     the target positions only. Generation: ``generate(condition, ...)`` follows the order's
     schedule, samples the next tokens from the scoring rule (with classifier-free guidance when
     ``cfg != 1``) and decodes them.
+
+    Saving and loading (``huggingface_hub``'s ``PyTorchModelHubMixin``, extended so that every
+    writer produces the same complete model folder, see :mod:`carl.hub`):
+
+        model = ContinuousAR.from_pretrained("runs/tiny")      # a folder or a Hub repo id
+        samples = model.generate(torch.arange(4), num_steps=8)
+        model.save_pretrained("my-model")                     # config, weights, carl.json, card
+        model.push_to_hub("me/my-model")                      # the same folder, on the Hub
     """
 
     def __init__(self, config: ModelConfig | dict):
+        """Build the five parts (fresh weights; :meth:`from_pretrained` loads trained ones).
+
+        Args:
+            config: the model section of a recipe, e.g. ``load_recipe("tiny").model``, or its
+                plain form as read from ``config.json``.
+
+        Raises:
+            carl.config.RecipeError: a part names an unknown component or a wrong option.
+        """
         super().__init__()
         if isinstance(config, dict):  # from config.json; the Hub mixin decodes dataclasses only shallowly
             config = from_dict(ModelConfig, config, "config")
@@ -52,7 +74,146 @@ class ContinuousAR(
         self.score = config.score.build("scores", hidden_dim=config.backbone.width, token_dim=self.tokenizer.token_dim)
 
     # ------------------------------------------------------------------------------------------
-    # loading (the Hub mixin's hooks): strict, safetensors only
+    # model folders (carl.hub holds the format; these keep the Hub mixin's names)
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        recipe: RecipeConfig | None = None,
+        figures: dict | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        **push_to_hub_kwargs,
+    ) -> str | None:
+        """Write a complete model folder: ``config.json``, ``model.safetensors``, ``carl.json``
+        (the plugins its parts need) and a model card; with ``recipe``, also ``recipe.yaml`` (the
+        data and sampling settings ``carl sample`` uses; without one it uses carl's defaults).
+
+        Args:
+            save_directory: the folder (created if needed; the files above are replaced).
+            recipe: the recipe the model was trained from, if any.
+            figures: measured figures for the card (``results.json``), e.g. ``{"loss": 0.41}``.
+            repo_id: with ``push_to_hub``, the Hub repository (default: the folder's name).
+            push_to_hub: also upload the folder (see :meth:`push_to_hub`).
+
+        Returns:
+            The commit URL when pushing, else None.
+
+        Raises:
+            ValueError: ``recipe`` describes another model.
+        """
+        from carl.hub import write_model_folder_extras
+
+        if recipe is not None and to_dict(recipe.model) != to_dict(self.config):
+            raise ValueError("save_pretrained: the recipe's model section is not this model's config; "
+                             "give the recipe the model was trained from, or none")
+        super().save_pretrained(save_directory)  # config.json + model.safetensors (the mixin's pair)
+        write_model_folder_extras(Path(save_directory), recipe, figures)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, recipe=recipe, figures=figures, **push_to_hub_kwargs)
+        return None
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        recipe: RecipeConfig | None = None,
+        figures: dict | None = None,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload carl model",
+    ) -> str:
+        """Upload the model folder :meth:`save_pretrained` writes to ``repo_id`` (created if
+        needed), its card loading it from there.
+
+        Returns:
+            The commit URL.
+
+        Raises:
+            carl.plugins.CarlError: one line when the Hub cannot be reached or refuses.
+        """
+        from huggingface_hub import HfApi
+
+        from carl.hub import push
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, recipe=recipe, figures=figures)
+            return push(tmp, repo_id, private=private, api=HfApi(token=token), commit_message=commit_message)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        map_location: str = "cpu",
+        strict: bool = False,
+    ) -> "ContinuousAR":
+        """Load a trained model, in eval mode, quietly and from safetensors only.
+
+        Args:
+            pretrained_model_name_or_path: a model folder (a training output, or what
+                :meth:`save_pretrained` wrote), a training checkpoint folder
+                (``runs/x/checkpoints/step-N``: its EMA weights), or a Hub repo id (``user/name``,
+                downloaded once into the Hub cache).
+            revision: a Hub branch, tag or commit.
+            token: a Hub token for private repositories (default: the logged-in one).
+            cache_dir: the Hub cache folder.
+            force_download: download again even if cached.
+            local_files_only: never reach the Hub; use the cache only.
+            map_location: the device to load the weights on.
+            strict: fail on missing or unexpected tensors.
+
+        Returns:
+            The model, in eval mode (call ``.train()`` to fine-tune it).
+
+        Raises:
+            carl.plugins.CarlError: the model needs a carl plugin that is not installed: the
+                message gives the ``pip install`` line.
+        """
+        from carl.hub import is_checkpoint, open_model
+
+        if Path(pretrained_model_name_or_path).is_dir() and is_checkpoint(Path(pretrained_model_name_or_path)):
+            return open_model(pretrained_model_name_or_path).model.to(map_location)
+        return super().from_pretrained(
+            pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+            force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,
+        )
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", strict: bool = False, **model_kwargs) -> "ContinuousAR":
+        """The mixin's loader, but quiet, safetensors only (never a pickle), and naming the plugin
+        to install (``carl.json``) before a missing one fails as an unknown component."""
+        from carl.hub import WEIGHTS_FILE, check_requirements
+        from carl.modelcard import REQUIREMENTS_FILE
+
+        def fetch(filename: str, required: bool) -> Path | None:
+            if Path(model_id).is_dir():
+                path = Path(model_id) / filename
+            else:
+                from huggingface_hub import hf_hub_download
+                from huggingface_hub.errors import EntryNotFoundError
+
+                try:
+                    path = Path(hf_hub_download(model_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                                                force_download=force_download, local_files_only=local_files_only))
+                except EntryNotFoundError:
+                    path = Path(model_id) / filename  # absent on the Hub
+            if required and not path.is_file():
+                raise FileNotFoundError(f"{model_id} has no {filename}")
+            return path if path.is_file() else None
+
+        requirements = fetch(REQUIREMENTS_FILE, required=False)
+        if requirements is not None:
+            check_requirements(requirements.parent)
+        model = cls(**model_kwargs)
+        return cls._load_as_safetensor(model, str(fetch(WEIGHTS_FILE, required=True)), map_location, strict)
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file, map_location, strict):
@@ -173,7 +334,8 @@ class ContinuousAR(
         return_tokens: bool = False,
         prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Generate a batch: decoded data, or tokens ``(B, N, D)`` with ``return_tokens``.
+        """Generate a batch with the order's schedule and the scoring rule's sampler (no gradients;
+        the model is put in eval mode for the call).
 
         Args:
             condition: one condition per sample (class labels ``(B,)``), or None for unconditional.
@@ -187,6 +349,18 @@ class ContinuousAR(
             prompt: tokens ``(B, K, D)`` given for the first K positions (causal order only):
                 they are read in one pass and the rest is generated after them (forecasting,
                 completion). The result holds them unchanged.
+            return_tokens: return the tokens instead of decoding them.
+
+        Returns:
+            The decoded samples (the data's shape: images ``(B, C, H, W)``, series ``(B, T, C)``,
+            ...), or tokens ``(B, N, D)`` with ``return_tokens``. Conditional models give one
+            sample per condition, unconditional ones ``batch_size``.
+
+        Raises:
+            ValueError: neither ``condition`` nor ``batch_size``; a prompt with a non-causal order.
+
+        Example:
+            ``model.generate(torch.tensor([3, 5]), num_steps=16, cfg=4.0, temperature=0.7)``
         """
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")

@@ -78,6 +78,18 @@ class Registry:
             )
         return self._items[name]
 
+    @staticmethod
+    def clash(registries: dict[str, "Registry"], items: list[tuple[str, str, Any]], plugin: str) -> str | None:
+        """Why ``plugin`` cannot register ``items`` (a name already taken, or given twice), or None."""
+        seen: set[tuple[str, str]] = set()
+        for kind, name, _ in items:
+            if name in registries[kind]:
+                return f"{KINDS[kind]} '{name}' is registered twice: by plugin '{registries[kind].owner(name)}' and by plugin '{plugin}'"
+            if (kind, name) in seen:
+                return f"{KINDS[kind]} '{name}' is registered twice by plugin '{plugin}'"
+            seen.add((kind, name))
+        return None
+
     def owner(self, name: str) -> str:
         return self._owners[name]
 
@@ -104,6 +116,13 @@ def _allowed_plugins() -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
+def _fail(info: PluginInfo, reason: str) -> None:
+    """Mark a plugin failed (the first reason is kept) and say so once."""
+    if info.error is None:
+        info.error = reason
+        warnings.warn(f"carl plugin '{info.name}' ({info.module}) failed to load: {reason}", stacklevel=3)
+
+
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
     allowed = _allowed_plugins()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -111,31 +130,70 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
             continue
         version = ep.dist.version if ep.dist is not None else "?"
         info = PluginInfo(name=ep.name, version=version, module=ep.value, distribution=ep.dist.name if ep.dist else None)
+        if ep.name in infos:  # two distributions claim one plugin name: the first one keeps it
+            _fail(info, f"the plugin name '{ep.name}' is taken by {infos[ep.name].module}")
+            continue
         infos[ep.name] = info
         try:
             pm.register(ep.load(), name=ep.name)
+            pm.check_pending()  # a hook with a misspelt name fails its own plugin, not carl
         except Exception as exc:  # a broken plugin must not take the others down
-            info.error = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"carl plugin '{ep.name}' ({ep.value}) failed to load: {info.error}", stacklevel=2)
+            if pm.has_plugin(ep.name):
+                pm.unregister(name=ep.name)
+            _fail(info, f"{type(exc).__name__}: {exc}")
+
+
+def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> dict[str, list[tuple[str, str, Any]]]:
+    """Every plugin's registrations ``(kind, name, obj)``; a plugin whose hook raises (an import
+    error inside it, a bug) is marked failed and unregistered."""
+    found: dict[str, list[tuple[str, str, Any]]] = {}
+    for kind in KINDS:
+        for impl in getattr(pm.hook, f"register_{kind}").get_hookimpls():
+            plugin = impl.plugin_name
+            items = found.setdefault(plugin, [])
+            if infos[plugin].error is not None:
+                continue
+
+            def register(name: str, obj: Any, _items: list = items, _kind: str = kind) -> None:
+                _items.append((_kind, name, obj))
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                _fail(infos[plugin], f"register_{kind} raised {type(exc).__name__}: {exc}")
+    for plugin, info in infos.items():
+        if info.error is not None and pm.has_plugin(plugin):
+            pm.unregister(name=plugin)
+    return found
 
 
 def _fill_registries(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> dict[str, Registry]:
+    """Registries of every plugin's names, carl's built-ins first: a plugin that takes a name
+    already registered fails as a whole (the message names both), the others keep working."""
+    found = _collect(pm, infos)
     registries = {kind: Registry(kind) for kind in KINDS}
-    for kind, registry in registries.items():
-        hook = getattr(pm.hook, f"register_{kind}")
-        for impl in hook.get_hookimpls():
-            plugin = impl.plugin_name
-
-            def register(name: str, obj: Any, _plugin: str = plugin, _registry: Registry = registry) -> None:
-                _registry.register(name, obj, _plugin)
-                infos[_plugin].provides.setdefault(kind, []).append(name)
-
-            impl.function(register=register)
+    builtins_first = sorted(infos, key=lambda name: name not in BUILTIN_MODULES)
+    for plugin in builtins_first:
+        items = found.get(plugin, [])
+        if infos[plugin].error is not None:
+            continue
+        taken = Registry.clash(registries, items, plugin)
+        if taken is not None:
+            if plugin in BUILTIN_MODULES:
+                raise CarlError(taken)
+            _fail(infos[plugin], taken)
+            pm.unregister(name=plugin)
+            continue
+        for kind, name, obj in items:
+            registries[kind].register(name, obj, plugin)
+            infos[plugin].provides.setdefault(kind, []).append(name)
     return registries
 
 
 def load_plugins(force: bool = False) -> pluggy.PluginManager:
-    """Discover plugins and fill the registries (idempotent unless ``force``)."""
+    """Discover plugins and fill the registries (idempotent unless ``force``). A plugin that
+    cannot be imported, whose hook raises or that reuses a taken name is marked failed (see
+    :func:`plugin_infos`) and left out; everything else keeps working."""
     if _State.manager is not None and not force:
         return _State.manager
     pm = pluggy.PluginManager("carl")
@@ -185,8 +243,27 @@ def pretrained_folders() -> dict[str, Path]:
 
 
 def register_commands(app: Any) -> None:
-    """Let every plugin add its CLI commands to ``app`` (once per app)."""
+    """Let every plugin add its CLI commands to the typer ``app`` (once per app). A plugin whose
+    hook raises or takes a command name already in use adds nothing and is marked failed."""
     if getattr(app, "_carl_plugin_commands", False):
         return
-    load_plugins().hook.register_commands(app=app)
+    pm = load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        commands, groups = list(app.registered_commands), list(app.registered_groups)
+        try:
+            impl.function(app=app)
+            before = _command_names(commands, groups)
+            added = _command_names(app.registered_commands[len(commands):], app.registered_groups[len(groups):])
+            taken = sorted(set(added) & set(before)) or sorted({n for n in added if added.count(n) > 1})
+            if taken:
+                raise CarlError(f"the command 'carl {taken[0]}' exists already")
+        except Exception as exc:
+            app.registered_commands[:], app.registered_groups[:] = commands, groups
+            _fail(_State.infos[impl.plugin_name], f"register_commands: {type(exc).__name__}: {exc}")
     app._carl_plugin_commands = True
+
+
+def _command_names(commands: list, groups: list) -> list[str]:
+    """The names of typer commands and sub-apps (``CommandInfo`` / ``TyperInfo``)."""
+    names = [c.name or c.callback.__name__.lower().replace("_", "-") for c in commands]
+    return names + [g.name or g.typer_instance.info.name for g in groups]

@@ -11,6 +11,10 @@ from PIL import Image
 
 from carl.config import SampleConfig
 from carl.data import DataSource
+from carl.plugins import CarlError
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+TENSOR_SUFFIX = ".pt"
 
 
 def tile(pictures: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
@@ -42,12 +46,63 @@ def generate_grid(model, sample: SampleConfig, conditions: torch.Tensor | None =
     )
 
 
-def save_grid(source: DataSource, data: torch.Tensor, rows: int, path: Path) -> Path | None:
+def render(source: DataSource, data: torch.Tensor) -> np.ndarray | None:
+    """``source.render`` held to its contract: uint8 pictures ``(B, H, W, 3)``, one per sample, or None."""
     pictures = source.render(data.float().cpu())
+    if pictures is None:
+        return None
+    if isinstance(pictures, torch.Tensor):
+        pictures = pictures.numpy()
+    if not (isinstance(pictures, np.ndarray) and pictures.dtype == np.uint8 and pictures.ndim == 4
+            and pictures.shape[0] == len(data) and pictures.shape[-1] == 3):
+        got = f"{type(pictures).__name__} {getattr(pictures, 'dtype', '')} {tuple(getattr(pictures, 'shape', ()))}"
+        raise CarlError(f"{type(source).__name__}.render must return uint8 pictures (B, H, W, 3) with B = {len(data)} "
+                        f"(or None if the data cannot be drawn); it returned {got}")
+    return pictures
+
+
+def save_grid(source: DataSource, data: torch.Tensor, rows: int, path: Path) -> Path | None:
+    """Draw ``data`` as a grid of ``rows`` rows into ``path`` (parent folders created); None if
+    the data source cannot draw it."""
+    pictures = render(source, data)
     if pictures is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tile(pictures, rows).save(path)
+    return path
+
+
+def can_draw(source: DataSource | None) -> bool:
+    """Whether a data source implements ``render`` at all (it may still return None)."""
+    return source is not None and type(source).render is not DataSource.render
+
+
+def check_output(path: Path, source: DataSource | None, overwrite: bool) -> None:
+    """Refuse, before any sampling, what :func:`write_samples` could not write exactly at ``path``."""
+    suffix = path.suffix.lower()
+    if suffix not in PICTURE_SUFFIXES + (TENSOR_SUFFIX,):
+        raise CarlError(f"--out {path}: give a picture ({', '.join(PICTURE_SUFFIXES)}) or a tensor file ({TENSOR_SUFFIX})")
+    if suffix in PICTURE_SUFFIXES and not can_draw(source):
+        why = ("it was saved without a recipe, so its data source is unknown" if source is None
+               else f"its data source {type(source).__name__} draws no pictures")
+        raise CarlError(f"cannot write {path}: this model's samples cannot be drawn ({why}); "
+                        f"write them as a tensor instead: --out {path.with_suffix(TENSOR_SUFFIX)}")
+    if path.is_dir():
+        raise CarlError(f"--out {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise CarlError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
+def write_samples(source: DataSource | None, data: torch.Tensor, rows: int, path: Path) -> Path:
+    """Write exactly ``path``: a grid picture (``.png``, ``.jpg``, ``.webp``) or the samples
+    as a tensor (``.pt``); parent folders are created. Call :func:`check_output` first."""
+    if path.suffix.lower() == TENSOR_SUFFIX:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data.cpu(), path)
+        return path
+    if save_grid(source, data, rows, path) is None:
+        raise CarlError(f"cannot write {path}: {type(source).__name__}.render returned None for these samples; "
+                        f"write them as a tensor instead: --out {path.with_suffix(TENSOR_SUFFIX)}")
     return path
 
 

@@ -1,9 +1,14 @@
-"""The one training loop, on accelerate: ``train(cfg) -> output folder``."""
+"""The one training loop, on accelerate: ``train(cfg) -> output folder``.
+
+The module is callable: ``carl.train(recipe, overrides=..., output=...)`` is carl's Python API
+(:func:`carl.api.train`, which also takes a recipe path or shipped name).
+"""
 
 from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from carl import checkpoints
+from carl.api import CallableModule
 from carl.cache import is_complete, load_cache
 from carl.checkpoints import CHECKPOINTS, latest_checkpoint
 from carl.config import RecipeConfig, TokenizerRecipeConfig, TrainConfig, dump_recipe, to_dict
@@ -294,12 +300,13 @@ class Trainer:
             epoch, skip = epoch + 1, 0
         bar.close()
         if self.accelerator.is_main_process:
-            self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)
-        self.sample_grid()
+            self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)  # e.g. a tokenizer's normalisation
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
-            self.save_checkpoint()  # exports the model folder, with the final grid in its card
-        elif self.accelerator.is_main_process:  # already exported at this step: refresh what changed since
+            self.save_checkpoint()  # exports before anything draws (a failing render loses nothing)
+        elif self.accelerator.is_main_process:  # already exported at this step: refresh what finish() changed
+            self.job.refresh_card(self.ema.module, self.output, self._figures())
+        if self.sample_grid() is not None:  # main process, picturable data: the card shows the final picture
             self.job.refresh_card(self.ema.module, self.output, self._figures())
         return self.output
 
@@ -416,3 +423,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+# `carl.train(...)`: Python binds this submodule as the package attribute `carl.train`, so the
+# module itself is the callable (carl/api.py).
+sys.modules[__name__].__class__ = CallableModule

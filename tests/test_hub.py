@@ -38,7 +38,7 @@ def test_folder_round_trip_keeps_weights_and_samples(trained, tmp_path):
 def test_model_folder_has_card_and_requirements(trained):
     card = (trained / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: carl\ntags:") and "score-energy" in card and "order-causal" in card
-    assert "steps: 6" in card and ("![samples](samples.png)" in card) == (trained / "samples.png").exists()
+    assert "| steps | 6 |" in card and ("![samples](samples.png)" in card) == (trained / "samples.png").exists()
     req = json.loads((trained / "carl.json").read_text())
     assert req["plugins"] == {} and "carl" in req  # built-ins only
 
@@ -71,7 +71,8 @@ def test_offline_uncached_repo_fails_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = CliRunner().invoke(app, ["sample", "nobody/not-cached-anywhere"])
     assert result.exit_code != 0
-    assert "cannot find model 'nobody/not-cached-anywhere' locally or on the Hub" in str(result.exception)
+    assert str(result.exception) == ("no such folder 'nobody/not-cached-anywhere', and it cannot be fetched from the Hub: "
+                                     "it is not in the Hub cache, and HF_HUB_OFFLINE is set (unset it to download)")
 
 
 def test_corrupt_weights_name_the_file(trained, tmp_path):

@@ -108,7 +108,7 @@ def test_registered_plugin_is_first_class(fresh, monkeypatch, tmp_path):
     assert result.exit_code == 0 and "hello from throwaway" in result.output
 
 
-def test_duplicate_names_name_both_plugins(fresh, monkeypatch):
+def test_a_plugin_reusing_a_name_fails_alone_and_names_both(fresh, monkeypatch):
     import carl.plugins as plugins
 
     class Clash:
@@ -122,8 +122,11 @@ def test_duplicate_names_name_both_plugins(fresh, monkeypatch):
         infos["clash"] = plugins.PluginInfo("clash", "0", "tests")
 
     monkeypatch.setattr(plugins, "_load_entry_points", with_clash)
-    with pytest.raises(CarlError, match="order 'masked' is registered twice: by plugin '.*' and by plugin '.*'"):
+    with pytest.warns(UserWarning, match="carl plugin 'clash'"):
         load_plugins(force=True)
+    info = {i.name: i for i in plugin_infos()}["clash"]
+    assert info.error == "order 'masked' is registered twice: by plugin 'carl.orders' and by plugin 'clash'"
+    assert registry("orders").owner("masked") == "carl.orders" and info.provides == {}  # the built-in keeps its name
 
 
 def test_unknown_name_lists_available():

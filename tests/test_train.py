@@ -43,9 +43,9 @@ def test_cli_trains_reloads_and_samples_reproducibly(tmp_path):
     b = in_memory.eval().generate(labels, return_tokens=True, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
-    result = runner.invoke(app, ["sample", str(out), "--labels", "0,2", "--num", "3", "--out", str(tmp_path / "s.png")])
+    result = runner.invoke(app, ["sample", str(out), "--labels", "0,2", "--num", "3", "--out", str(tmp_path / "s.pt")])
     assert result.exit_code == 0, result.output
-    assert torch.load(tmp_path / "s.pt").shape == (6, 8, 2)  # toy data is not picturable: a tensor file
+    assert torch.load(tmp_path / "s.pt").shape == (6, 8, 2)  # the samples as a tensor file
 
 
 class Crash(Exception):

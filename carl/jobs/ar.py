@@ -84,13 +84,15 @@ class ARJob(Job):
         return self.metric.compute(module.eval(), self.cfg) if self.metric is not None else {}
 
     def export(self, module: ContinuousAR, folder: Path, figures: dict) -> None:
-        module.save_pretrained(folder)
-        self.refresh_card(module, folder, figures)
+        module.save_pretrained(folder, recipe=self._resolved(module), figures=figures)
 
     def refresh_card(self, module: ContinuousAR, folder: Path, figures: dict) -> None:
-        # the recipe as the model resolved it (a tokenizer `path` with the architecture it read),
-        # so that the folder loads without the tokenizer folder; weights are not re-saved
-        write_model_folder_extras(folder, dataclasses.replace(self.cfg, model=module.config), figures)
+        write_model_folder_extras(folder, self._resolved(module), figures)  # the weights are not re-saved
+
+    def _resolved(self, module: ContinuousAR) -> RecipeConfig:
+        """The recipe as the model resolved it (a tokenizer ``path`` with the architecture it read),
+        so that the model folder loads without the tokenizer folder."""
+        return dataclasses.replace(self.cfg, model=module.config)
 
     def preview(self, module: ContinuousAR, source: DataSource, path: Path) -> Path | None:
         return save_sample_grid(module, source, self.cfg.sample, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, to_dict
+from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.model import ContinuousAR
 from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
 
@@ -215,8 +215,7 @@ def convert_official(kind: str, checkpoint: Path, output: Path, vae: str, use_em
     carl_state = rename(state, names)
     carl_state.update({f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()})
     load_strict(model, carl_state, source=f"{checkpoint} ({key})")
-    model.save_pretrained(output)
-    (output / "recipe.yaml").write_text(dump_recipe(official_recipe(kind, config, args, output)))
+    model.save_pretrained(output, recipe=official_recipe(kind, config, args, output))  # the same complete folder as a training run's
     return output
 
 

@@ -104,6 +104,21 @@ def test_sizes_and_settings_come_from_the_checkpoint(converted):
     assert (model.tokenizer.num_tokens, model.tokenizer.token_dim) == (N, D)
 
 
+def test_converted_folder_is_a_complete_model_folder(converted):
+    """`carl convert` writes what training and save_pretrained write: requirements naming the
+    image plugin's pip distribution, a card, the recipe `carl sample` reads."""
+    import json
+
+    _, _, tmp = converted
+    folder = tmp / "out"
+    assert {"config.json", "model.safetensors", "carl.json", "README.md", "recipe.yaml"} <= {p.name for p in folder.iterdir()}
+    needs = json.loads((folder / "carl.json").read_text())["plugins"]
+    assert needs == {"image_ear": {"distribution": "carl-image-ear", "version": "0.1.0"}}
+    card = (folder / "README.md").read_text()
+    assert "pip install 'carl>=0.1.0' 'carl-image-ear>=0.1.0'" in card and f"from_pretrained({str(folder)!r})" in card
+    assert "data-images" in card and "REPO_ID" not in card
+
+
 def test_hidden_states_and_loss_equal_the_official_architecture(converted, monkeypatch):
     model, sd, _ = converted  # the EMA weights were converted
     g = torch.Generator().manual_seed(5)

@@ -1,0 +1,1 @@
+"""carl-waves: the minimal carl plugin of docs/plugins.md."""

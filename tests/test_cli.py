@@ -1,0 +1,144 @@
+"""The command line as a user meets it: usage errors in click's short form, user errors in one
+line (tracebacks only with --debug), --version, help on every option, and `--out` that writes
+exactly the file asked for or refuses."""
+
+import pytest
+import torch
+import typer
+
+from carl.cli import app, main
+from carl.config import load_recipe
+from carl.testing import options_without_help
+from carl.train import train
+
+
+def run(argv, capsys):
+    """``carl ARGV`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train"], "Error: Missing argument 'recipe'."),
+        (["foo"], "Error: No such command 'foo'."),
+        (["trian", "tiny"], "Error: No such command 'trian'. Did you mean 'train'?"),
+        (["sample", "x", "--bogus"], "Error: No such option: --bogus"),
+        (["sample", "x", "--num", "abc"], "Error: Invalid value for '--num'"),
+    ],
+)
+def test_usage_errors_are_short(argv, message, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and "Traceback" not in out + err
+    assert err.startswith("Usage: carl") and message in err and len(err.splitlines()) <= 5, err
+
+
+def test_version(capsys):
+    from carl import __version__
+
+    assert run(["--version"], capsys) == (0, f"carl {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["push", "runs/nonexistent", "me/x"], "error: no such folder: runs/nonexistent"),
+        (["sample", "./nowhere"], "error: no such folder: nowhere"),
+        (["sample", "a/b/c"], "error: no such folder: a/b/c"),
+    ],
+)
+def test_local_paths_are_never_looked_up_on_the_hub(argv, message, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local path was looked up on the Hub")
+
+    monkeypatch.setattr("carl.hub.snapshot_download", no_hub)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_hub)
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (1, message + "\n")
+
+
+def test_a_folder_without_config_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, _, err = run(["sample", str(tmp_path)], capsys)
+    assert (code, err) == (1, f"error: {tmp_path} is not a carl model folder (no config.json)\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return train(load_recipe("tiny", ["train.max_steps=2", "train.checkpoint_every=null"]), output=out, progress=False)
+
+
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (ConnectionError("[Errno -2] Name or service not known"),
+         "cannot reach huggingface.co; check the network connection (or HTTPS_PROXY) and try again"),
+        (None, "HF_HUB_OFFLINE is set; unset it to reach the Hub"),  # the suite runs with HF_HUB_OFFLINE=1
+    ],
+)
+def test_push_without_network_is_one_line_saying_what_to_do(exc, message, tiny_run, capsys, monkeypatch):
+    import huggingface_hub
+
+    if exc is not None:
+        def create_repo(*args, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    code, _, err = run(["push", str(tiny_run), "me/tiny"], capsys)
+    assert (code, err) == (1, f"error: cannot push to me/tiny: {message}\n")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from carl.plugins import CarlError
+
+    with pytest.raises(CarlError, match="not a carl model folder"):
+        main(["--debug", "sample", str(tmp_path)])
+
+
+def test_every_option_has_help():
+    assert options_without_help(app) == []
+    bare = typer.Typer()
+    bare.command()(lambda seed: None)  # the check itself finds what lacks help
+    assert options_without_help(bare) == ["carl seed"]
+
+
+def test_out_writes_exactly_the_file_asked_for_or_refuses(tiny_run, tmp_path, capsys):
+    target = tmp_path / "new" / "dir" / "grid.pt"  # parent folders are created
+    code, out, _ = run(["sample", str(tiny_run), "--out", str(target), "--num", "2", "--seed", "1"], capsys)
+    assert code == 0 and out.endswith(f"wrote {target}\n") and torch.load(target).shape == (8, 8, 2)
+    before = target.read_bytes()
+    code, _, err = run(["sample", str(tiny_run), "--out", str(target)], capsys)  # never overwritten silently
+    assert (code, err) == (1, f"error: {target} exists; pass --overwrite to replace it, or choose another --out\n")
+    assert target.read_bytes() == before
+    code, _, _ = run(["sample", str(tiny_run), "--out", str(target), "--num", "3", "--overwrite"], capsys)
+    assert code == 0 and torch.load(target).shape == (12, 8, 2)
+    # The toy data draws no pictures: a .png is refused, and nothing else is written in its place.
+    picture = tmp_path / "grid.png"
+    code, _, err = run(["sample", str(tiny_run), "--out", str(picture)], capsys)
+    assert code == 1 and err.startswith(f"error: cannot write {picture}: this model's samples cannot be drawn")
+    assert err.rstrip().endswith(f"--out {tmp_path / 'grid.pt'}") and sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    code, _, err = run(["sample", str(tiny_run), "--out", str(tmp_path / "grid.txt")], capsys)
+    assert code == 1 and "give a picture (.png, .jpg, .jpeg, .webp) or a tensor file (.pt)" in err
+
+
+def test_a_broken_render_is_named_and_the_model_folder_is_already_saved(tmp_path, monkeypatch):
+    """A plugin's render that breaks its contract fails after training, naming the contract;
+    the model folder was written before anything was drawn."""
+    from carl.data import ToySequences
+    from carl.hub import open_model
+    from carl.plugins import CarlError
+
+    monkeypatch.setattr(ToySequences, "render", lambda self, data: data.numpy(), raising=False)  # float (B, 8, 2)
+    cfg = load_recipe("tiny", ["train.max_steps=2", "train.checkpoint_every=null"])
+    with pytest.raises(CarlError, match=r"ToySequences.render must return uint8 pictures \(B, H, W, 3\) with B = 16"):
+        train(cfg, output=tmp_path, progress=False)
+    assert open_model(tmp_path).model is not None and (tmp_path / "README.md").exists()
