@@ -38,9 +38,7 @@ def train(
 
     cfg = load_recipe(recipe, overrides or [])
     out = run_training(cfg, output=output, resume=resume, progress=progress)
-    typer.echo(f"model folder: {out}")
-    if (out / "samples.png").exists():
-        typer.echo(f"sample grid: {out / 'samples.png'}")
+    typer.echo(f"model folder: {out}")  # the training summary above lists the rest
 
 
 @app.command()

@@ -16,12 +16,12 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from carl.cache import is_complete, load_cache
 from carl.config import RecipeConfig, TrainConfig, dump_recipe, to_dict
 from carl.data import DataSource
 from carl.hub import write_model_folder_extras
+from carl.logs import StepStats, TrainingLog
 from carl.model import ContinuousAR
 from carl.plugins import CarlError
 from carl.samples import save_sample_grid
@@ -148,8 +148,9 @@ class Trainer:
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.step = self._restore() if self.resume else 0
-        if train.tracker != "none":
-            self.accelerator.init_trackers("carl", config=_flat(to_dict(self.cfg)))
+        self.log = TrainingLog(self.accelerator, output=self.output, total_steps=self.total_steps,
+                               progress=self.progress, tracking=train.tracker != "none")
+        self.log.start_tracking(self.step, dump_recipe(self.cfg), to_dict(self.cfg))
         self._log_setup()
 
     def _check_output(self) -> None:
@@ -278,8 +279,8 @@ class Trainer:
 
     def train(self) -> Path:
         acc, train = self.accelerator, self.cfg.train
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not (self.progress and acc.is_main_process))
-        losses, window_start, window_steps = [], time.perf_counter(), 0
+        self.log.open(self.step)
+        losses, norms, window_start, window_steps = [], [], time.perf_counter(), 0
         epoch, skip = divmod(self.step, self.steps_per_epoch)
         while self.step < self.total_steps:
             self.loader.set_epoch(epoch)
@@ -289,8 +290,9 @@ class Trainer:
                 with acc.accumulate(self.model):
                     loss = self.model(batch)
                     acc.backward(loss)
-                    if acc.sync_gradients and train.grad_clip:
-                        acc.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+                    if acc.sync_gradients:  # max_norm inf: the norm for the logs, gradients unchanged
+                        norm = acc.clip_grad_norm_(self.model.parameters(), train.grad_clip or math.inf)
+                        norms += [norm] if norm is not None else []
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
@@ -300,11 +302,11 @@ class Trainer:
                 self.ema.update_parameters(acc.unwrap_model(self.model))
                 self.step += 1
                 window_steps += 1
-                bar.update(1)
+                self.log.advance()
                 if self.step % train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    self._log(torch.stack(losses).mean(), window_steps / elapsed, bar)
-                    losses, window_start, window_steps = [], time.perf_counter(), 0
+                    self._log(torch.stack(losses).mean(), torch.stack(norms).float().mean() if norms else None, window_steps / elapsed)
+                    losses, norms, window_start, window_steps = [], [], time.perf_counter(), 0
                 if train.sample_every and self.step % train.sample_every == 0:
                     self.sample_grid()
                 if self.eval_every and self.step % self.eval_every == 0:
@@ -314,13 +316,15 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
             epoch, skip = epoch + 1, 0
-        bar.close()
+        self.log.close()
         self.sample_grid()
         last = latest_checkpoint(self.output)
         if last is None or last.name != f"step-{self.step:07d}":
             self.save_checkpoint()  # exports the model folder, with the final grid in its card
         elif self.accelerator.is_main_process:  # weights already exported: refresh the card (now with the grid)
             self._write_extras()
+        self.log.summary(step=self.step, epoch=self.step / self.steps_per_epoch, final_loss=self.last_loss,
+                         global_batch=self.cfg.train.global_batch)
         return self.output
 
     def _set_train_temperature(self) -> None:
@@ -328,17 +332,12 @@ class Trainer:
         temperature = train_temperature(self.cfg.train.train_temperature, epoch)
         self.accelerator.unwrap_model(self.model).score.set_train_temperature(temperature)
 
-    def _log(self, loss: torch.Tensor, steps_per_s: float, bar: tqdm) -> None:
+    def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, steps_per_s: float) -> None:
         loss = self.accelerator.reduce(loss, reduction="mean").item()
         self.last_loss = loss
-        lr = self.scheduler.get_last_lr()[0]
-        samples_per_s = steps_per_s * self.cfg.train.global_batch
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.0f}")
-        metrics = {"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s, "train/epoch": self.step / self.steps_per_epoch}
-        if self.cfg.train.tracker != "none":
-            self.accelerator.log(metrics, step=self.step)
-        if not self.progress:
-            self.accelerator.print(f"step {self.step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.0f} samples/s")
+        self.log.step(StepStats(step=self.step, total=self.total_steps, epoch=self.step / self.steps_per_epoch, loss=loss,
+                                lr=self.scheduler.get_last_lr()[0], grad_norm=None if grad_norm is None else grad_norm.item(),
+                                samples_per_s=steps_per_s * self.cfg.train.global_batch))
 
     def evaluate(self) -> dict[str, float]:
         """The recipe's metric on the EMA weights (main process), logged as ``eval/<name>``."""
@@ -347,10 +346,9 @@ class Trainer:
             start = time.perf_counter()
             metrics = self.metric.compute(self.ema.module.eval(), self.cfg)
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            self.accelerator.print(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
-                                   f"[{time.perf_counter() - start:.1f}s]")
-            if self.cfg.train.tracker != "none":
-                self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
+            self.log.write(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
+                           f"[{time.perf_counter() - start:.1f}s]")
+            self.log.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -362,6 +360,7 @@ class Trainer:
         saved = save_sample_grid(self.ema.module, self.source, self.cfg.sample, path)
         if saved is not None:
             shutil.copyfile(saved, self.output / "samples.png")
+            self.log.image("samples", saved, self.step)
         return saved
 
     def cleanup(self) -> None:
@@ -381,12 +380,3 @@ def train(cfg: RecipeConfig, output: Path | str | None = None, resume: bool = Fa
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
