@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from carl.checks import check_data_fits
 from carl.config import RecipeConfig, to_dict
+from carl.logs import interactive
 from carl.plugins import CarlError
 from carl.tokenizers.base import Tokenizer
 
@@ -75,7 +76,7 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
     shards = range(0, len(dataset), shard_size)
     done = [i for i, _ in enumerate(shards) if (folder / f"shard-{i:05d}").exists()]
     first = len(done)  # shards are written in order; a .tmp one is incomplete and redone
-    bar = tqdm(total=len(dataset), initial=min(first * shard_size, len(dataset)), desc="caching", unit="item", disable=not progress)
+    bar = tqdm(total=len(dataset), initial=min(first * shard_size, len(dataset)), desc="caching", unit="item", disable=not interactive(progress))
     start, rows = time.perf_counter(), 0
     for index, begin in enumerate(shards):
         if index < first:
@@ -91,12 +92,15 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
                 columns.setdefault(name, []).append(value.cpu().numpy())
             bar.update(len(batch["data"]))
             rows += len(batch["data"])
-            bar.set_postfix(items_s=f"{rows / (time.perf_counter() - start):.1f}")
+            bar.set_postfix({"items/s": f"{rows / (time.perf_counter() - start):.1f}"})
         arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
         tmp, final = folder / f"shard-{index:05d}.tmp", folder / f"shard-{index:05d}"
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict(arrays, features=_features(arrays)).save_to_disk(str(tmp))
         os.replace(tmp, final)
+        if progress and bar.disable:  # not a terminal: one plain line per shard instead of bar redraws
+            print(f"caching: shard {index + 1}/{len(shards)} written ({min(begin + shard_size, len(dataset))}/{len(dataset)} "
+                  f"items, {rows / (time.perf_counter() - start):.1f} items/s)", flush=True)
     bar.close()
     manifest.write_text(json.dumps({"key": cache_key(cfg), "rows": len(dataset), "shards": len(shards)}, indent=2))
     return folder

@@ -76,9 +76,7 @@ def train(
 
     if not PartialState().is_main_process:  # one report for a multi-process run
         return
-    typer.echo(f"model folder: {out}")
-    if (out / "samples.png").exists():
-        typer.echo(f"sample grid: {out / 'samples.png'}")
+    typer.echo(f"model folder: {out}")  # the training summary above lists the rest
 
 
 @app.command()

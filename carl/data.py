@@ -88,6 +88,29 @@ class ToySequences(DataSource):
         features = Features({"data": Array2D(points.shape[1:], "float32"), "condition": Value("int64")})
         return Dataset.from_dict({"data": points, "condition": labels}, features=features).with_format("torch")
 
+    def render(self, data: torch.Tensor, size_px: int = 120) -> np.ndarray:
+        """Each sequence ``(T, 2)`` as a small matplotlib plot: the unit ring in grey, the path
+        from a square (the first point) through dots coloured by time (dark to light)."""
+        from carl.charts import figure, pixels
+
+        dpi = 100
+        fig, ax = figure(size_px / dpi, size_px / dpi, dpi=dpi)
+        fig.subplots_adjust(0.02, 0.02, 0.98, 0.98)
+        ring = np.linspace(0, 2 * math.pi, 129)
+        ax.plot(np.cos(ring), np.sin(ring), color="0.85", lw=1)
+        ax.set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), xticks=[], yticks=[], aspect="equal")
+        sequences = data.reshape(len(data), -1, 2).numpy()  # (B, T, 2)
+        (path,) = ax.plot([], [], color="0.4", lw=0.8)
+        dots = ax.scatter(sequences[0, :, 0], sequences[0, :, 1], c=np.arange(sequences.shape[1]), cmap="viridis", s=14, zorder=3)
+        first = ax.scatter([0], [0], marker="s", s=30, facecolor="none", edgecolor="crimson", zorder=4)
+        pictures = []
+        for points in sequences:  # one figure, its artists moved: much faster than redrawing axes
+            path.set_data(points[:, 0], points[:, 1])
+            dots.set_offsets(points)
+            first.set_offsets(points[:1])
+            pictures.append(pixels(fig))
+        return np.stack(pictures)
+
 
 @hookimpl
 def register_datasets(register):

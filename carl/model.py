@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from carl.backbone import Backbone
 from carl.config import Component, ModelConfig, RecipeConfig, from_dict, to_dict
+from carl.logs import interactive
 from carl.orders.base import Plan
 from carl.scores.base import Guidance, guidance_scale
 from carl.weights import WeightsError, load_strict
@@ -383,7 +384,7 @@ class ContinuousAR(
             n = self.tokenizer.num_tokens
             order = self.order.generation_order(batch_size, n, generator, device)
             schedule = self.order.schedule(n, num_steps)
-            steps = tqdm(schedule, desc="generating", leave=False, disable=not progress)
+            steps = tqdm(schedule, desc="generating", leave=False, disable=not interactive(progress))
             sampler = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, generator=generator)
             if self.order.attention == "bidirectional":
                 tokens = self._generate_bidirectional(cond, order, steps, **sampler)

@@ -18,7 +18,6 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from carl import checkpoints
 from carl.api import CallableModule
@@ -29,6 +28,7 @@ from carl.data import DataSource
 from carl.jobs import job_for
 from carl.jobs.ar import param_groups, train_temperature  # noqa: F401 (part of carl.train's API)
 from carl.nonfinite import NonFiniteGuard
+from carl.logs import StepStats, TrainingLog
 from carl.plugins import CarlError
 from carl.processes import check_process_group, on_main_process
 from carl.run_folder import RunFolder
@@ -127,8 +127,9 @@ class Trainer:
         self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=train.mixed_precision != "fp16",
                                     device=self.accelerator.device)
         self.step = self._restore() if self.resume else 0
-        if train.tracker != "none":
-            self.accelerator.init_trackers("carl", config=_flat(to_dict(self.cfg)))
+        self.log = TrainingLog(self.accelerator, output=self.output, total_steps=self.total_steps,
+                               progress=self.progress, tracking=train.tracker != "none")
+        self.log.start_tracking(self.step, dump_recipe(self.cfg), to_dict(self.cfg))
         self._log_setup()
 
     def _claim_output(self) -> None:
@@ -259,8 +260,8 @@ class Trainer:
 
     def train(self) -> Path:
         acc, train = self.accelerator, self.cfg.train
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not (self.progress and acc.is_main_process))
-        losses, window_start, window_steps = [], time.perf_counter(), 0
+        self.log.open(self.step)
+        losses, norms, window_start, window_steps = [], [], time.perf_counter(), 0
         epoch, skip = divmod(self.step, self.steps_per_epoch)
         while self.step < self.total_steps:
             self.loader.set_epoch(epoch)
@@ -271,7 +272,7 @@ class Trainer:
                     loss = self.model(batch)
                     self.guard.observe_loss(loss)
                     acc.backward(loss)
-                    if not (acc.sync_gradients and self._end_step()):  # True: a non-finite step skipped
+                    if not (acc.sync_gradients and self._end_step(norms)):  # True: a non-finite step skipped
                         self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
@@ -281,11 +282,12 @@ class Trainer:
                 self.ema.update_parameters(acc.unwrap_model(self.model))
                 self.step += 1
                 window_steps += 1
-                bar.update(1)
+                self.log.advance()
                 if self.step % train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    self._log(_finite_mean(torch.stack(losses)), window_steps / elapsed, bar)
-                    losses, window_start, window_steps = [], time.perf_counter(), 0
+                    self._log(_finite_mean(torch.stack(losses)), torch.stack(norms).float().mean() if norms else None,
+                              window_steps / elapsed)
+                    losses, norms, window_start, window_steps = [], [], time.perf_counter(), 0
                 if train.sample_every and self.step % train.sample_every == 0:
                     self.sample_grid()
                 if self.eval_every and self.step % self.eval_every == 0:
@@ -298,7 +300,7 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
             epoch, skip = epoch + 1, 0
-        bar.close()
+        self.log.close()
         if self.accelerator.is_main_process:
             self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)  # e.g. a tokenizer's normalisation
         last = latest_checkpoint(self.output)
@@ -308,14 +310,15 @@ class Trainer:
             self.job.refresh_card(self.ema.module, self.output, self._figures())
         if self.sample_grid() is not None:  # main process, picturable data: the card shows the final picture
             self.job.refresh_card(self.ema.module, self.output, self._figures())
+        self.log.summary(step=self.step, epoch=self.step / self.steps_per_epoch, final_loss=self.last_loss,
+                         global_batch=self.cfg.train.global_batch)
         return self.output
 
-    def _end_step(self) -> bool:
-        """Clip the gradients; True if this optimizer step is non-finite and to be skipped."""
-        clip = self.cfg.train.grad_clip
-        norm = None
-        if clip or self.guard.needs_grad_norm:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip or math.inf)
+    def _end_step(self, norms: list[torch.Tensor]) -> bool:
+        """Clip the gradients (max norm inf without ``grad_clip``: the norm for the logs, gradients
+        unchanged); True if this optimizer step is non-finite and to be skipped."""
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or math.inf)
+        norms += [norm] if norm is not None else []
         return self.guard.end_step(self.step + 1, norm)
 
     def _interrupt(self, signum: int) -> None:
@@ -328,18 +331,13 @@ class Trainer:
     def _set_train_temperature(self) -> None:
         self.job.before_step(self.accelerator.unwrap_model(self.model), self.step / self.steps_per_epoch)
 
-    def _log(self, loss: torch.Tensor, steps_per_s: float, bar: tqdm) -> None:
+    def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, steps_per_s: float) -> None:
         self._check_finite()
         loss = self.accelerator.reduce(loss, reduction="mean").item()
         self.last_loss = loss
-        lr = self.scheduler.get_last_lr()[0]
-        samples_per_s = steps_per_s * self.cfg.train.global_batch
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.0f}")
-        metrics = {"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s, "train/epoch": self.step / self.steps_per_epoch}
-        if self.cfg.train.tracker != "none":
-            self.accelerator.log(metrics, step=self.step)
-        if not self.progress:
-            self.accelerator.print(f"step {self.step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.0f} samples/s")
+        self.log.step(StepStats(step=self.step, total=self.total_steps, epoch=self.step / self.steps_per_epoch, loss=loss,
+                                lr=self.scheduler.get_last_lr()[0], grad_norm=None if grad_norm is None else grad_norm.item(),
+                                samples_per_s=steps_per_s * self.cfg.train.global_batch))
 
     def evaluate(self) -> dict[str, float]:
         """The job's held-out figures on the EMA weights (main process), logged as ``eval/<name>``."""
@@ -349,10 +347,9 @@ class Trainer:
             start = time.perf_counter()
             metrics = self.job.evaluate(self.ema.module)
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            self.accelerator.print(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
-                                   f"[{time.perf_counter() - start:.1f}s]")
-            if self.cfg.train.tracker != "none":
-                self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
+            self.log.write(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
+                           f"[{time.perf_counter() - start:.1f}s]")
+            self.log.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -366,6 +363,7 @@ class Trainer:
         saved = self.job.preview(self.ema.module, self.source, path)
         if saved is not None:
             shutil.copyfile(saved, self.output / self.job.picture)
+            self.log.image(self.job.picture.removesuffix(".png"), saved, self.step)
         return saved
 
     def cleanup(self, status: str = "finished") -> None:
@@ -413,16 +411,6 @@ def _finite_mean(values: torch.Tensor) -> torch.Tensor:
     """The mean of the finite entries (the losses of skipped non-finite steps left out)."""
     finite = torch.isfinite(values)
     return torch.where(finite, values, 0).sum() / finite.sum().clamp(min=1)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
 
 
 # `carl.train(...)`: Python binds this submodule as the package attribute `carl.train`, so the

@@ -46,6 +46,11 @@ def test_cli_trains_reloads_and_samples_reproducibly(tmp_path):
     result = runner.invoke(app, ["sample", str(out), "--labels", "0,2", "--num", "3", "--out", str(tmp_path / "s.pt")])
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "s.pt").shape == (6, 8, 2)  # the samples as a tensor file
+    result = runner.invoke(app, ["sample", str(out), "--labels", "0,2", "--num", "3", "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "s.png").size == (3 * 124, 2 * 124)  # toy sequences are drawn: 2 rows of 3 tiles
 
 
 class Crash(Exception):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from carl.logs import interactive
 from carl.metrics import Metric
 from carl.plugins import CarlError
 from carl.ranges import check_ranges
@@ -52,7 +53,7 @@ def generate_images(model, settings: EvalSettings, progress: bool = True) -> tor
     labels = balanced_labels(settings.num_images, num_classes)
     generator = torch.Generator().manual_seed(settings.seed)
     out = []
-    for start in tqdm(range(0, len(labels), settings.batch_size), desc="generating", unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(labels), settings.batch_size), desc="generating", unit="batch", disable=not interactive(progress)):
         images = model.generate(
             labels[start : start + settings.batch_size], num_steps=settings.num_steps, cfg=settings.cfg,
             cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, generator=generator,

@@ -19,20 +19,34 @@ from datasets import Array2D, Dataset, Features
 
 from carl.data import DataSource
 from carl.ranges import check_ranges
+from carl_timeseries.history import History, parse_dates
 
 CHANNELS = ("gdp growth", "consumption growth", "unemployment", "inflation")
+UNITS = ("% a year", "% a year", "% of the labour force", "% a year")
 FIRST_VALIDATION_YEAR = 2000
 logger = logging.getLogger(__name__)
 
 
 def macro_table() -> tuple[np.ndarray, np.ndarray]:
     """``(202, 4)`` float32 series and the ``(202,)`` year of each quarter."""
+    series, _, years = _macro()
+    return series, years
+
+
+def macro_history() -> History:
+    """The macro series with their quarters (1959Q2-2009Q3), channel names and units."""
+    series, quarters, _ = _macro()
+    return History(series, quarters, CHANNELS, UNITS, "macrodata")
+
+
+def _macro():
     import statsmodels.api as sm
 
     d = sm.datasets.macrodata.load_pandas().data
     growth = 400 * np.diff(np.log(d[["realgdp", "realcons"]].to_numpy()), axis=0)
     levels = d[["unemp", "infl"]].to_numpy()[1:]
-    return np.concatenate([growth, levels], axis=1).astype(np.float32), d["year"].to_numpy()[1:]
+    quarters = parse_dates([f"{int(y)}Q{int(q)}" for y, q in zip(d["year"], d["quarter"])])[1:]
+    return np.concatenate([growth, levels], axis=1).astype(np.float32), quarters, d["year"].to_numpy()[1:]
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class MacroSeries(DataSource):
     """Windows ``{"data": (context + horizon, 4)}`` of the macro series; split in time (module doc)."""
 
     Config = MacroConfig
+    channels = CHANNELS
+    units = UNITS
 
     def __init__(self, config: MacroConfig):
         self.config = config
@@ -70,8 +86,12 @@ class MacroSeries(DataSource):
         windows = finite_windows(self.windows(split), f"macro {split}")
         return Dataset.from_dict({"data": windows}, features=Features({"data": Array2D(windows.shape[1:], "float32")})).with_format("torch")
 
+    def history(self) -> History:
+        """The dated series, for ``carl forecast``."""
+        return macro_history()
+
     def render(self, data):
-        return None  # not pictured as a grid; benchmarks/timeseries.py draws fan charts
+        return None  # windows in standardised units are no forecast: `carl forecast` draws fan charts
 
     def check_tokenizer(self, tokenizer) -> None:
         """The tokenizer scales each window by its first ``context`` steps: they must be this

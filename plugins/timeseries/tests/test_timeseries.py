@@ -9,7 +9,8 @@ from carl.config import load_recipe
 from carl.plugins import plugin_infos
 from carl.train import train
 from carl_timeseries.data import MacroConfig, MacroSeries, macro_table
-from carl_timeseries.forecast import forecast, last_value, scores, seasonal_naive
+from carl_timeseries.baselines import last_value, seasonal_naive
+from carl_timeseries.forecast import forecast, scores
 from carl_timeseries.tokenizer import SeriesConfig, SeriesTokenizer
 
 

@@ -1,0 +1,180 @@
+"""`carl forecast`: scores at an origin, sample paths as a table, a dated fan chart, a user's own CSV
+with one-line errors; the ETS and ARIMA baselines."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from carl.config import load_recipe
+from carl.plugins import CarlError, register_commands
+from carl.train import train
+from carl_timeseries.baselines import arima, ets, last_value
+from carl_timeseries.chart import fan_chart
+from carl_timeseries.data import CHANNELS, UNITS, macro_history
+from carl_timeseries.forecast import scores
+from carl_timeseries.history import History, forecast_window, parse_dates, read_history, write_history
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts")
+    cfg = load_recipe("ts-macro-energy", ["train.epochs=1", "train.checkpoint_every=null", "train.tracker=none"])
+    return train(cfg, output=out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cli():
+    app = typer.Typer()
+    app.command("noop")(lambda: None)  # a group, so that `forecast` is a subcommand
+    register_commands(app)  # `carl forecast` comes from the plugin's register_commands hook
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def table_row(output: str, name: str) -> list[float]:
+    line = next(line for line in output.splitlines() if line.startswith(name + "  "))
+    return [float(v) for v in line[len(name):].split()]
+
+
+def test_forecast_scores_writes_paths_and_a_dated_fan_chart(run, cli, tmp_path):
+    result = cli("forecast", run, "--origin", "2004Q1", "--paths", 20, "--out", tmp_path / "new" / "fan.png")
+    assert result.exit_code == 0, result.output
+    assert "from 2004Q1: 8 steps to 2005Q4, from the 24 before (1998Q1-2003Q4)" in result.output
+    assert "scores against the truth of 8 of 8 steps" in result.output
+    rows = {name: table_row(result.output, name) for name in ("carl", "last value", "seasonal naive", "ETS", "ARIMA")}
+    assert all(len(r) == 5 and all(np.isfinite(r)) for r in rows.values())
+    # The truth the command scores against is the data at those dates: the last-value row, recomputed.
+    h = macro_history()
+    at = list(h.dates).index(pd.Timestamp("2004-01-01"))
+    window = torch.from_numpy(h.values[at - 24 : at + 8])[None]
+    expected = scores(last_value(window, 24), window[:, 24:], torch.from_numpy(h.values[:at].std(0)))
+    assert rows["last value"] == pytest.approx([expected["energy_score"].item(), *expected["crps"].tolist()], abs=1e-3)
+
+    paths = pd.read_csv(tmp_path / "new" / "fan.csv")
+    assert list(paths.columns) == ["path", "date", *CHANNELS] and len(paths) == 20 * 8
+    assert paths["date"].iloc[:8].tolist() == ["2004Q1", "2004Q2", "2004Q3", "2004Q4", "2005Q1", "2005Q2", "2005Q3", "2005Q4"]
+    assert paths["path"].nunique() == 20 and np.isfinite(paths[list(CHANNELS)].to_numpy()).all()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "new" / "fan.png").size[0] > 800
+
+
+def test_own_csv_forecasts_like_the_builtin_history_and_past_its_end(run, cli, tmp_path):
+    h = macro_history()
+    end = list(h.dates).index(pd.Timestamp("2005-10-01")) + 1  # the user's file stops at 2005Q4
+    own = write_history(History(h.values[:end], h.dates[:end], h.channels, h.units, "own"), tmp_path / "own.csv")
+    builtin = cli("forecast", run, "--origin", "2004Q1", "--paths", 8, "--no-baselines", "--out", tmp_path / "a.png")
+    mine = cli("forecast", run, "--csv", own, "--origin", "2004Q1", "--paths", 8, "--no-baselines", "--out", tmp_path / "b.png",
+               "--samples", tmp_path / "b.parquet")
+    assert builtin.exit_code == 0 and mine.exit_code == 0, mine.output
+    assert table_row(builtin.output, "carl") == table_row(mine.output, "carl")
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_parquet(tmp_path / "b.parquet")
+    np.testing.assert_allclose(a[list(CHANNELS)].to_numpy(), b[list(CHANNELS)].to_numpy(), rtol=1e-5)
+
+    future = cli("forecast", run, "--csv", own, "--paths", 4, "--no-baselines", "--out", tmp_path / "c.svg")
+    assert future.exit_code == 0, future.output
+    assert "from 2006Q1: 8 steps to 2007Q4" in future.output and "no truth after 2005Q4: nothing to score" in future.output
+    assert pd.read_csv(tmp_path / "c.csv")["date"].iloc[0] == "2006Q1" and (tmp_path / "c.svg").exists()
+
+
+def test_csv_errors_are_one_line(run, tmp_path):
+    h = macro_history()
+    frame = pd.DataFrame(h.values, columns=["gdp growth", "consumption growth", "unemployment", "infl"])
+    frame.insert(0, "date", [h.label(d) for d in h.dates])
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "carl", "forecast", str(run), "--csv", str(tmp_path / "bad.csv")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bad.csv'}: the model forecasts the columns 'gdp growth', 'consumption growth', "
+        "'unemployment', 'inflation': missing 'inflation'; unexpected 'infl'")
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "series.csv"
+    path.write_text(text)
+    return path
+
+
+def test_history_errors_name_the_file_and_what_to_do(tmp_path):
+    two = ("a", "b")
+    with pytest.raises(CarlError, match="no date column 'date' .* --date-column"):
+        read_history(write(tmp_path, "when,a,b\n2000-01-01,1,2\n"), two)
+    with pytest.raises(CarlError, match="evenly spaced"):
+        read_history(write(tmp_path, "date,a,b\n2000-01-01,1,2\n2000-02-01,1,2\n2000-05-01,1,2\n"), two)
+    with pytest.raises(CarlError, match="not a number"):
+        read_history(write(tmp_path, "date,a,b\n2000Q1,1,2\n2000Q2,x,2\n2000Q3,1,2\n"), two)
+    with pytest.raises(CarlError, match="no such file"):
+        read_history(tmp_path / "missing.csv", two)
+
+    h = macro_history()
+    with pytest.raises(CarlError, match=r"macrodata: 11 steps of history before 1962Q1, the model reads 24; choose a later --origin"):
+        forecast_window(h, "1962Q1", 24, 8)
+    with pytest.raises(CarlError, match=r"--origin 2011Q1 is after 2009Q4, the step after the last date"):
+        forecast_window(h, "2011Q1", 24, 8)
+    with pytest.raises(CarlError, match="is not a date"):
+        forecast_window(h, "soon", 24, 8)
+    gappy = h.values.copy()
+    gappy[100, 3] = np.nan
+    with pytest.raises(CarlError, match=rf"'inflation' has no value at {h.label(h.dates[100])}, inside the 24 steps"):
+        forecast_window(History(gappy, h.dates, h.channels, h.units, "macrodata"), h.label(h.dates[110]), 24, 8)
+
+
+def test_origins_resolve_to_the_first_date_on_or_after_them():
+    dates = parse_dates(["2000-03-31", "2000-06-30", "2000-09-30", "2000-12-31"])  # quarter ends
+    h = History(np.arange(8, dtype=np.float32).reshape(4, 2), dates, ("a", "b"), ("", ""), "ends")
+    w = forecast_window(h, "2000Q3", 2, 3)  # 2000Q3 -> 2000-09-30
+    assert w.future_dates[0] == pd.Timestamp("2000-09-30") and w.known == 2 and h.label(w.future_dates[-1]) == "2001Q1"
+    np.testing.assert_array_equal(w.window[0, :2], h.values[:2])
+    assert np.isnan(w.window[0, 4]).all()
+
+
+def test_fan_chart_has_dates_units_and_a_legend():
+    h = macro_history()
+    w = forecast_window(h, "2004Q1", 24, 8)
+    paths = np.random.default_rng(0).normal(size=(50, 8, 4)) + w.window[0, 23]
+    fig = fan_chart(w.past_dates, w.window[0, :24], w.future_dates, paths, channels=CHANNELS, units=UNITS,
+                    truth=w.window[0, 24:], title="t")
+    fig.canvas.draw()
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == list(CHANNELS) and [a.get_ylabel() for a in axes] == list(UNITS)
+    assert any("2004" in t.get_text() for t in axes[-1].get_xticklabels())  # a date axis
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["90% band", "50% band", "median forecast", "observed", "truth"]
+
+
+def test_ets_and_arima_paths_follow_the_fitted_model_from_the_end_of_the_past():
+    """The simulated paths start from the last observation (anchor "end"), so their mean is the
+    fitted model's own point forecast, and their first-step spread its innovation spread."""
+    import warnings
+
+    from statsmodels.tsa.arima.model import ARIMA
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    from carl_timeseries.baselines import ARIMA_ORDERS, ETS_FORMS
+
+    rng = np.random.default_rng(0)
+    y = np.empty(32)
+    y[0] = 5.0
+    for t in range(1, 32):  # AR(1) around 5, phi 0.7
+        y[t] = 5 + 0.7 * (y[t - 1] - 5) + rng.standard_normal()
+    windows = torch.tensor(np.stack([y, np.cumsum(rng.standard_normal(32))], axis=1), dtype=torch.float32)[None]
+    e = ets(windows, 24, num_paths=2000, seed=1)
+    a = arima(windows, 24, num_paths=2000, seed=1)
+    assert e.shape == a.shape == (2000, 1, 8, 2) and torch.equal(a, arima(windows, 24, num_paths=2000, seed=1))
+    past = windows[0, :24].double().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in range(2):
+            fits = {"ETS": [ETSModel(past[:, c], error="add", **form).fit(disp=False) for form in ETS_FORMS],
+                    "ARIMA": [ARIMA(past[:, c], order=order, trend="c").fit() for order in ARIMA_ORDERS]}
+            for name, paths in (("ETS", e), ("ARIMA", a)):
+                best = min(fits[name], key=lambda r: r.aicc)
+                sims = paths[:, 0, :, c].double().numpy()
+                spread = float(np.sqrt(best.mse if name == "ETS" else best.params[-1]))
+                np.testing.assert_allclose(sims.mean(0), best.forecast(8), atol=4 * sims.std(0).max() / np.sqrt(2000))
+                assert sims[:, 0].std() == pytest.approx(spread, rel=0.1), name
