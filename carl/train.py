@@ -87,9 +87,9 @@ class Trainer:
 
     def __init__(self, cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | None = None, resume: bool = False,
                  progress: bool = True, overwrite: bool = False):
-        self.job = job_for(cfg)
         self.output = Path(output or cfg.output)
         self.cfg = replace(cfg, output=str(self.output))  # recipe.yaml and hparams.yml record the folder used
+        self.job = job_for(self.cfg)
         self.resume = resume
         self.overwrite = overwrite
         self.progress = progress

@@ -111,7 +111,7 @@ def test_every_option_has_help():
     assert options_without_help(bare) == ["carl seed"]
 
 
-def test_out_writes_exactly_the_file_asked_for_or_refuses(tiny_run, tmp_path, capsys):
+def test_out_writes_exactly_the_file_asked_for_or_refuses(tiny_run, tmp_path, capsys, monkeypatch):
     target = tmp_path / "new" / "dir" / "grid.pt"  # parent folders are created
     code, out, _ = run(["sample", str(tiny_run), "--out", str(target), "--num", "2", "--seed", "1"], capsys)
     assert code == 0 and out.endswith(f"wrote {target}\n") and torch.load(target).shape == (8, 8, 2)
@@ -121,10 +121,11 @@ def test_out_writes_exactly_the_file_asked_for_or_refuses(tiny_run, tmp_path, ca
     assert target.read_bytes() == before
     code, _, _ = run(["sample", str(tiny_run), "--out", str(target), "--num", "3", "--overwrite"], capsys)
     assert code == 0 and torch.load(target).shape == (12, 8, 2)
-    # The toy data draws no pictures: a .png is refused, and nothing else is written in its place.
+    # Data that draws no pictures: a .png is refused, and nothing else is written in its place.
+    monkeypatch.setattr("carl.data.ToySequences.render", lambda self, data: None)
     picture = tmp_path / "grid.png"
     code, _, err = run(["sample", str(tiny_run), "--out", str(picture)], capsys)
-    assert code == 1 and err.startswith(f"error: cannot write {picture}: this model's samples cannot be drawn")
+    assert code == 1 and err.startswith(f"error: cannot write {picture}: ") and "write them as a tensor" in err
     assert err.rstrip().endswith(f"--out {tmp_path / 'grid.pt'}") and sorted(p.name for p in tmp_path.iterdir()) == ["new"]
     code, _, err = run(["sample", str(tiny_run), "--out", str(tmp_path / "grid.txt")], capsys)
     assert code == 1 and "give a picture (.png, .jpg, .jpeg, .webp) or a tensor file (.pt)" in err

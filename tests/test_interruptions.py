@@ -78,7 +78,7 @@ def test_a_second_identical_signal_stops_at_once():
 
 
 def test_the_command_line_passes_on_an_exit_code_typer_returns(monkeypatch):
-    monkeypatch.setattr(cli, "app", lambda standalone_mode: 130)  # what typer returns on Ctrl-C
+    monkeypatch.setattr(cli, "app", lambda **kwargs: 130)  # what typer returns on Ctrl-C
     monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
     with pytest.raises(SystemExit) as info:
         cli.main()

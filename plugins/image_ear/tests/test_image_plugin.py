@@ -17,7 +17,8 @@ def test_discovered_through_the_entry_point():
     assert "image_ear" in {ep.name for ep in entry_points(group="carl")}
     info = {i.name: i for i in plugin_infos()}["image_ear"]
     assert info.error is None and info.provides == {
-        "tokenizers": ["kl16"], "datasets": ["images"], "metrics": ["fid"], "recipes": ["image_ear"]}
+        "tokenizers": ["kl16"], "datasets": ["images"], "metrics": ["fid"], "recipes": ["image_ear"],
+        "pretrained": ["mnist-ae"]}
     assert registry("datasets").get("images") is ImageData
     assert "mnist-ear" in recipe_files()
     result = CliRunner().invoke(app, ["plugins"])

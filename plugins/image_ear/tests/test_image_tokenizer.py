@@ -9,19 +9,9 @@ from PIL import Image
 
 from carl.config import load_recipe
 from carl.plugins import pretrained_folders
-from carl.testing import only_plugins
 from carl.tokenizers.pretrained import load_tokenizer
 from carl.train import train
 from carl_image_ear.mnist import mnist_arrays
-
-pytestmark = pytest.mark.usefixtures("image_plugin_only")
-
-
-@pytest.fixture(scope="module")
-def image_plugin_only():
-    with only_plugins("image_ear"):
-        yield
-
 
 def heldout(n: int = 500) -> torch.Tensor:
     images, _ = mnist_arrays("heldout")
