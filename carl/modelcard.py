@@ -100,7 +100,8 @@ def model_card(folder: Path, location: str | None = None) -> str:
               "```python", "import torch", "from carl import ContinuousAR", "",
               f"model = ContinuousAR.from_pretrained({where!r})", _generate_call(config, sample), "```", ""]
     if recipe:
-        text = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100).strip()
+        shown = {k: v for k, v in recipe.items() if k != "output"}  # where it was trained is no one else's business
+        text = yaml.safe_dump(shown, sort_keys=False, default_flow_style=None, width=100).strip()
         lines += ["## Recipe", "", f"Trained from this recipe (`{RECIPE_FILE}`; `carl train {RECIPE_FILE}` trains it again):", "",
                   "<details><summary>recipe.yaml</summary>", "", "```yaml", text, "```", "", "</details>", ""]
     else:

@@ -78,8 +78,8 @@ def test_the_recipe_and_hparams_record_the_output_folder_actually_used(tmp_path)
     assert cfg.output == "runs/tiny"
     out = train(cfg, output=tmp_path / "real", progress=False)
     assert yaml.safe_load((out / "recipe.yaml").read_text())["output"] == str(tmp_path / "real")
-    hparams = [yaml.safe_load(p.read_text()) for p in out.rglob("hparams.yml")]
-    assert hparams and all(h["output"] == str(tmp_path / "real") for h in hparams)
+    events = list((out / "logs").rglob("events.out.tfevents.*"))  # the recipe and hparams go to TensorBoard
+    assert len(events) == 1 and str(tmp_path / "real").encode() in events[0].read_bytes()
     assert json.loads((out / ".carl" / "run.json").read_text())["status"] == "finished"
     assert not (out / ".carl" / "lock").exists()
 
