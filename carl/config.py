@@ -106,6 +106,8 @@ class TrainConfig:
     train_temperature: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: int = 0
+    compile: bool = False  # torch.compile the backbone and the scoring rule's network (carl.accel)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     log_every: int = 20
     sample_every: int | None = 500
     checkpoint_every: int | None = 500
