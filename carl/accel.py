@@ -63,32 +63,34 @@ class DeviceEMA(AveragedModel):
         self.n_averaged += 1
 
 
-def compiled_parts(model: nn.Module) -> list[nn.Module]:
+def compiled_parts(model: nn.Module, backbone: bool = True) -> list[nn.Module]:
     """The modules :func:`compile_model` compiles: the backbone (its blocks and final norm, one
     graph), MAR's encoder blocks when there are some (the encoder's input length follows the
     number of known tokens), and every child of the scoring rule that holds parameters (its MLP
-    generator, denoiser or parameter head)."""
-    parts: list[nn.Module] = [model.backbone]
-    parts += list(getattr(model.backbone, "encoder_blocks", None) or [])
+    generator, denoiser or parameter head). ``backbone=False``: the head only."""
+    parts: list[nn.Module] = []
+    if backbone:
+        parts += [model.backbone, *(getattr(model.backbone, "encoder_blocks", None) or [])]
     parts += [child for child in model.score.children() if any(True for _ in child.parameters())]
     return parts
 
 
-def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> list[nn.Module]:
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor", backbone: bool = True) -> list[nn.Module]:
     """``torch.compile`` the backbone and the scoring rule's network of ``model`` in place.
 
     Random draws (orders, label dropout, generator noise) and data-dependent indexing stay in
     eager code between the compiled graphs, so a compiled model draws the same numbers as an
     eager one from the same seed. Shapes that vary from step to step (the number of targets
     under a masked order) are compiled once as dynamic, after which steps do not recompile.
-    Returns the compiled modules.
+    The causal order's KV-cache sampling loop changes the cache length at every step: compile
+    such a sampler with ``backbone=False`` (the head only). Returns the compiled modules.
 
     Raises:
         ValueError: an unknown ``mode``.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    parts = compiled_parts(model)
+    parts = compiled_parts(model, backbone)
     for part in parts:
         part.compile(mode=None if mode == "default" else mode, backend=backend)
     return parts

@@ -14,6 +14,15 @@ from carl.scores.log_score import standard_normal
 from helpers import tiny_model_config
 
 
+def randomized(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Weights moved off their initialisation: the heads start as the constant 0, which would make
+    any two samplers agree trivially."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def test_ema_matches_the_reference_formula_and_never_reads_the_device():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
@@ -70,11 +79,12 @@ def test_gathered_targets_equal_boolean_indexing(encoder_depth):
 @pytest.mark.parametrize("encoder_depth", [0, 1])
 def test_masked_generation_matches_the_boolean_indexing_loop(encoder_depth):
     torch.manual_seed(0)
-    model = ContinuousAR(tiny_model_config("masked", encoder_depth=encoder_depth)).eval()
+    model = randomized(ContinuousAR(tiny_model_config("masked", encoder_depth=encoder_depth))).eval()
     labels = torch.tensor([0, 3, 1])
     kwargs = dict(num_steps=4, cfg=2.0, temperature=0.8, return_tokens=True)
     fast = model.generate(labels, generator=torch.Generator().manual_seed(5), **kwargs)
     plain = boolean_mask_generation(model, labels, torch.Generator().manual_seed(5), **kwargs)
+    assert fast.abs().mean() > 0.1  # real tokens, not the untrained head's zeros
     torch.testing.assert_close(fast, plain, rtol=0, atol=0)
 
 
@@ -144,7 +154,7 @@ def check_kv_cache_sampling(order: str, device: torch.device, dtype: torch.dtype
     """Generation with the KV cache against recomputing the whole prefix at every step, with the
     same random draws (shared with the GPU suite)."""
     torch.manual_seed(0)
-    model = ContinuousAR(tiny_model_config(order)).to(device).eval()
+    model = randomized(ContinuousAR(tiny_model_config(order))).to(device).eval()
     labels = torch.tensor([0, 1, 2, 3], device=device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         cached = model.generate(labels, cfg=1.5, generator=torch.Generator(device).manual_seed(2), return_tokens=True)
@@ -160,6 +170,7 @@ def check_kv_cache_sampling(order: str, device: torch.device, dtype: torch.dtype
             hidden = model.backbone(x, causal=True)[:, -1]  # no cache: the whole prefix again
             ordered[:, i] = model._sample(hidden, i + 1, cfg=1.5, cfg_schedule="linear", temperature=1.0, generator=generator)
     free = torch.empty_like(ordered).scatter_(1, gen_order[..., None].expand_as(ordered), ordered)
+    assert cached.abs().mean() > 0.1  # real tokens, not the untrained head's zeros
     torch.testing.assert_close(cached, free, rtol=tol, atol=tol)
 
 
