@@ -173,3 +173,36 @@ def test_fused_attention_kernels_are_selected(order, dtype, kernels):
     names = {event.name for event in prof.events() if "scaled_dot_product" in event.name or "attention" in event.name}
     assert any(kernel in name for name in names for kernel in kernels), names
     assert not any("math" in name for name in names), names
+
+
+@pytest.mark.parametrize("order,encoder_depth", [("masked", 0), ("masked", 1), ("causal", 0)])
+def test_a_training_step_never_waits_for_the_gpu(order, encoder_depth):
+    # What carl.train does per step (bf16 forward, backward, clipping, fused AdamW, the EMA) with
+    # CUDA's sync debug mode raising on any host-device synchronisation (.item(), boolean indexing,
+    # blocking copies): only log intervals may read the loss back.
+    from carl.accel import DeviceEMA, optimizer_options
+
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config(order, encoder_depth=encoder_depth)).to(CUDA)
+    ema = DeviceEMA(model, 0.999, device=CUDA)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_options(CUDA))
+    batch = batch_on(CUDA)
+
+    def step() -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update_parameters(model)
+        return loss.detach()
+
+    step()  # the optimizer's state is created on the first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(torch.stack(losses)).all()
