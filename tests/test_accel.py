@@ -36,8 +36,8 @@ def test_ema_matches_the_reference_formula_and_never_reads_the_device():
         # The check of "no host sync": reading a device scalar as a Python value goes through
         # Tensor.item / __bool__, which the update must never call.
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(torch.Tensor, "item", lambda self: pytest.fail("EMA update called .item()"))
-            mp.setattr(torch.Tensor, "__bool__", lambda self: pytest.fail("EMA update called bool()"))
+            for read in ("item", "tolist", "__bool__", "__int__", "__float__"):  # the old update used bool() and int()
+                mp.setattr(torch.Tensor, read, lambda self, read=read: pytest.fail(f"the EMA update read a tensor with {read}"))
             ema.update_parameters(model)
         decay = 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n))
         reference = [decay * r + (1 - decay) * p.detach().double() for r, p in zip(reference, model.parameters())]
