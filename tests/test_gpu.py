@@ -29,7 +29,7 @@ def fresh_accelerator_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-DIFFUSION = {"name": "diffusion", "depth": 1, "width": 16, "sample_steps": 10}
+DIFFUSION = {"name": "diffusion", "depth": 1, "width": 16, "sample_steps": 10, "clip_x0": 1.0}  # clipped: CPU-CUDA rounding is not amplified
 
 
 def batch_on(device, size=8, seed=0):
