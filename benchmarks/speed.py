@@ -1,35 +1,91 @@
-"""Training and sampling speed of one fixed model shape, and its share of the machine's matmul peak.
+"""Training and sampling speed of a model shape, eager and compiled side by side.
 
-    python benchmarks/speed.py [--device cuda] [--dtype bf16] [--compile]
+    python benchmarks/speed.py                                   # CPU, the small shape, eager
+    python benchmarks/speed.py --device cuda --shape ear-b       # eager and compiled, bf16
+    python benchmarks/speed.py --device cuda --shape mar-b --modes compiled
 
-Shape: width 256, depth 4, 4 heads, 64 condition tokens, 64 tokens of 16 channels, energy head
-of 3 blocks x 256. Training: batch 16, masked order. Sampling: batch 8, 64 steps, CFG 3.0, for
-the masked order (full recompute per step) and the causal order (KV cache), side by side.
-FLOPs are counted by ``torch.utils.flop_counter`` on the real calls (a training step as 3x its
-forward); the peak is the measured throughput of a large matmul in the same dtype.
+Shapes (tokens are random, so no tokenizer or data set is needed; the backbone, order and head
+are the recipe's):
+
+- ``small`` (default): width 256, depth 4, 4 heads, 64 condition tokens, 64 tokens of 16, energy
+  head 3 x 256; train batch 16 (masked); sampling batch 8, 64 steps, CFG 3, masked and causal (KV cache).
+- ``ear-b``: the ``ear-b-in256`` recipe (205.6M parameters, 256 tokens of 16); train micro-batch 64;
+  sampling batch 128, 64 steps, CFG 3 linear, temperature 0.7.
+- ``mar-b``: MAR-B (12 + 12 blocks of width 768, diffusion head 6 x 1024, batch x 4); train
+  micro-batch 64; sampling batch 64, 64 steps, CFG 3 linear, 100 diffusion steps.
+- ``mnist``: the ``mnist-ear`` recipe (49 tokens of 16); train batch 64; sampling batch 100, 16 steps, CFG 4.
+
+A train step is forward (under bf16 autocast with ``--dtype bf16``), backward and the AdamW step
+(fused on CUDA), as in ``carl.train``; the EMA update is timed on its own row. ``compiled`` runs
+``carl.accel.compile_model`` (backbone and head; the KV-cache loop of causal sampling stays eager).
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real calls (matmuls,
+attention and convolutions; elementwise work is not counted), a training step as 3x its forward.
+MFU is FLOP/s over the peak: ``--peak-tflops`` if given, else the measured throughput of a large
+matmul in the same dtype. Peak memory is ``torch.cuda.max_memory_allocated`` per row (CUDA only).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import resource
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from carl.accel import DeviceEMA, compile_model, optimizer_options
 from carl.config import ModelConfig, from_dict
 from carl.model import ContinuousAR
 
 
-def model_config(order: str) -> ModelConfig:
-    return from_dict(ModelConfig, {
-        "tokenizer": {"name": "patch", "shape": [16, 8, 8], "patch": [1, 1], "normalize": False},
-        "conditioner": {"name": "class", "num_classes": 10, "buffer": 64},
-        "order": {"name": order},
-        "backbone": {"width": 256, "depth": 4, "heads": 4, "dropout": 0.1, "attn_dropout": 0.1},
-        "score": {"name": "energy", "depth": 3, "width": 256, "batch_mul": 2},
-    })
+@dataclass
+class Shape:
+    model: dict  # the ModelConfig, order included
+    train_batch: int
+    sample_batch: int
+    sample: dict  # generate() keyword arguments
+    sample_orders: tuple[str, ...] = ("masked",)
+    num_classes: int = 1000
+    extra: dict = field(default_factory=dict)
+
+
+def _model(tokens: int, dim: int, classes: int, buffer: int, backbone: dict, score: dict, order: dict | None = None) -> dict:
+    side = int(tokens**0.5)
+    return {
+        "tokenizer": {"name": "patch", "shape": [dim, side, side], "patch": [1, 1], "normalize": False},
+        "conditioner": {"name": "class", "num_classes": classes, "buffer": buffer},
+        "order": order or {"name": "masked"},
+        "backbone": backbone,
+        "score": score,
+    }
+
+
+SHAPES = {
+    "small": Shape(
+        _model(64, 16, 10, 64, {"width": 256, "depth": 4, "heads": 4, "dropout": 0.1, "attn_dropout": 0.1},
+               {"name": "energy", "depth": 3, "width": 256, "batch_mul": 2}),
+        train_batch=16, sample_batch=8, sample={"num_steps": 64, "cfg": 3.0}, sample_orders=("masked", "causal"), num_classes=10,
+    ),
+    "ear-b": Shape(
+        _model(256, 16, 1000, 64, {"width": 768, "depth": 24, "heads": 12, "dropout": 0.1, "attn_dropout": 0.1},
+               {"name": "energy", "alpha": 1.0, "num_samples": 2, "batch_mul": 2, "depth": 6, "width": 1024, "noise_dim": 64}),
+        train_batch=64, sample_batch=128, sample={"num_steps": 64, "cfg": 3.0, "temperature": 0.7},
+    ),
+    "mar-b": Shape(
+        _model(256, 16, 1000, 64, {"width": 768, "encoder_depth": 12, "depth": 12, "heads": 12, "dropout": 0.1, "attn_dropout": 0.1},
+               {"name": "diffusion", "depth": 6, "width": 1024, "batch_mul": 4, "sample_steps": 100}),
+        train_batch=64, sample_batch=64, sample={"num_steps": 64, "cfg": 3.0},
+    ),
+    "mnist": Shape(
+        _model(49, 16, 10, 4, {"width": 128, "encoder_depth": 3, "depth": 2, "heads": 4, "dropout": 0.0, "attn_dropout": 0.0},
+               {"name": "energy", "alpha": 1.0, "num_samples": 4, "batch_mul": 1, "depth": 3, "width": 128, "noise_dim": 64},
+               {"name": "masked", "mask_ratio_min": 0.4}),
+        train_batch=64, sample_batch=100, sample={"num_steps": 16, "cfg": 4.0, "temperature": 0.7}, num_classes=10,
+    ),
+}
 
 
 def sync(device: torch.device) -> None:
@@ -57,30 +113,41 @@ def flops_of(fn) -> int:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    n = 4096 if device.type == "cuda" else 1024
+    n = 8192 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     times = timed(lambda: a @ b, device, repeats=10)
     return 2 * n**3 / statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and head (training)")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-    torch.manual_seed(0)
+@dataclass
+class Row:
+    what: str
+    mode: str
+    seconds: float
+    items: int  # images per call
+    flops: int | None
+    memory: int | None
 
-    model = ContinuousAR(model_config("masked")).to(device)
-    if args.compile:
-        model.backbone.compile()
-        model.score.net.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    batch = {"tokens": torch.randn(16, 64, 16, device=device), "condition": torch.randint(0, 10, (16,), device=device)}
+
+def measure(device, fn, repeats: int, warmup: int) -> tuple[float, int | None]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = statistics.median(timed(fn, device, repeats, warmup))
+    return seconds, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def bench_mode(shape: Shape, mode: str, args, device, autocast) -> list[Row]:
+    compiled = mode == "compiled"
+    warmup = 5 if compiled else 2  # compiled: the first calls compile (static, then dynamic shapes)
+    torch.manual_seed(0)
+    model = ContinuousAR(from_dict(ModelConfig, shape.model)).to(device)
+    ema = DeviceEMA(model, 0.9999, device=device)
+    if compiled:
+        compile_model(model, args.compile_mode)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), **optimizer_options(device))
+    n, d = model.tokenizer.num_tokens, model.tokenizer.token_dim
+    b = shape.train_batch
+    batch = {"tokens": torch.randn(b, n, d, device=device), "condition": torch.randint(0, shape.num_classes, (b,), device=device)}
 
     def train_step() -> None:
         with autocast:
@@ -89,36 +156,70 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    train_times = timed(train_step, device, args.repeats, warmup=3 if args.compile else 2)
-    # forward FLOPs x 3 (backward costs about twice the forward): the usual training-FLOP count
-    train_flops = 3 * flops_of(lambda: model(batch))
-
-    labels = torch.arange(8, device=device) % 10
     rows = []
-    for order in ("masked", "causal"):
-        sampler = ContinuousAR(model_config(order)).to(device).eval()
+    seconds, memory = measure(device, train_step, args.repeats, warmup)
+    with autocast:
+        train_flops = 3 * flops_of(lambda: model(batch))  # backward ~ 2x forward
+    rows.append(Row(f"train step, {shape.model['order']['name']}, batch {b}", mode, seconds, b, train_flops, memory))
+    seconds, memory = measure(device, lambda: ema.update_parameters(model), args.repeats, 2)
+    rows.append(Row("EMA update", mode, seconds, 0, None, memory))
+    del opt, ema
+
+    labels = torch.arange(shape.sample_batch, device=device) % shape.num_classes
+    for order in shape.sample_orders:
+        config = {**shape.model, "order": {**shape.model["order"], "name": order}}
+        torch.manual_seed(0)
+        sampler = ContinuousAR(from_dict(ModelConfig, config)).to(device).eval()
+        if compiled:  # a KV cache changes length every step: the causal loop's backbone stays eager
+            compile_model(sampler, args.compile_mode, backbone=order != "causal")
 
         def sample() -> None:
             with autocast:
-                sampler.generate(labels, num_steps=64, cfg=3.0, generator=torch.Generator().manual_seed(0), return_tokens=True)
+                sampler.generate(labels, generator=torch.Generator(device).manual_seed(0), return_tokens=True, **shape.sample)
 
-        times = timed(sample, device, max(2, args.repeats // 3), warmup=1)
-        rows.append((order, statistics.median(times), flops_of(sample)))
+        seconds, memory = measure(device, sample, max(2, args.repeats // 3), 2 if compiled else 1)
+        flops = flops_of(sample) if args.count_sampling_flops else None
+        steps = shape.sample["num_steps"] if order != "causal" else n
+        cfg = shape.sample.get("cfg", 1.0)
+        rows.append(Row(f"sample, {order}, batch {shape.sample_batch}, {steps} steps, CFG {cfg:g}", mode, seconds,
+                        shape.sample_batch, flops, memory))
+    return rows
 
-    peak = matmul_peak(device, dtype)
-    step = statistics.median(train_times)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"dtype {args.dtype}, compile {args.compile}, torch {torch.__version__}")
-    print(f"matmul peak ({args.dtype}): {peak / 1e9:.1f} GFLOP/s")
-    print("| what | median time | per image | GFLOP | GFLOP/s | share of matmul peak |")
-    print("|---|---|---|---|---|---|")
-    print(f"| train step, masked, batch 16 | {step * 1e3:.1f} ms | {step / 16 * 1e3:.2f} ms | {train_flops / 1e9:.2f} | "
-          f"{train_flops / step / 1e9:.1f} | {train_flops / step / peak:.1%} |")
-    for order, seconds, flops in rows:
-        print(f"| sample, {order}, batch 8, 64 steps, CFG 3 | {seconds * 1e3:.0f} ms | {seconds / 8 * 1e3:.1f} ms | "
-              f"{flops / 1e9:.2f} | {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.1%} |")
-    (_, masked_s, _), (_, causal_s, _) = rows
-    print(f"sampling time ratio masked / causal (KV cache): {masked_s / causal_s:.2f}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", default="small", choices=sorted(SHAPES))
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--modes", default=None, help="eager, compiled or both (eager,compiled; the default on CUDA)")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode: default, reduce-overhead, max-autotune")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: measured)")
+    parser.add_argument("--no-sampling-flops", dest="count_sampling_flops", action="store_false",
+                        help="skip counting sampling FLOPs (one extra eager generation per row)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    modes = (args.modes or ("eager,compiled" if device.type == "cuda" else "eager")).split(",")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype_name == "bf16")
+    shape = SHAPES[args.shape]
+
+    rows = [row for mode in modes for row in bench_mode(shape, mode.strip(), args, device, autocast)]
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(device, dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"shape {args.shape}, device {device} ({name}), dtype {dtype_name}, torch {torch.__version__}")
+    print(f"peak for MFU ({dtype_name}): {peak / 1e12:.3g} TFLOP/s ({'given' if args.peak_tflops else 'measured matmul'})")
+    print("| what | mode | median time | per image | samples/s | GFLOP | TFLOP/s | MFU | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        per_image = f"{r.seconds / r.items * 1e3:.2f} ms" if r.items else ""
+        rate = f"{r.items / r.seconds:,.0f}" if r.items else ""
+        flops = f"{r.flops / 1e9:.1f} | {r.flops / r.seconds / 1e12:.3g} | {r.flops / r.seconds / peak:.1%}" if r.flops else " | | "
+        memory = f"{r.memory / 2**30:.2f} GiB" if r.memory is not None else ""
+        print(f"| {r.what} | {r.mode} | {r.seconds * 1e3:,.1f} ms | {per_image} | {rate} | {flops} | {memory} |")
+    if device.type != "cuda":
+        print(f"process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ class ClassConditioner(Conditioner):
         if condition is None:
             embedding = self.fake_latent.expand(batch_size, -1)
         else:
-            if condition.min() < 0 or condition.max() >= self.config.num_classes:
-                raise ValueError(f"class labels must lie in [0, {self.config.num_classes}), got {condition.tolist()}")
+            self._check_labels(condition)
             embedding = self.class_emb(condition)  # (B, C)
             if drop is not None:
                 embedding = torch.where(drop[:, None], self.fake_latent.to(embedding.dtype), embedding)
@@ -97,8 +96,18 @@ class ClassConditioner(Conditioner):
         # still claim requires_grad, which confuses module trackers such as FlopCounterMode)
         return repeat(embedding, "b c -> b s c", s=self.buffer).contiguous()
 
+    def _check_labels(self, condition: torch.Tensor) -> None:
+        in_range = (condition >= 0) & (condition < self.config.num_classes)
+        if condition.device.type == "cpu":
+            if not in_range.all():
+                raise ValueError(f"class labels must lie in [0, {self.config.num_classes}), got {condition.tolist()}")
+        else:  # an `if` on a device tensor waits for the device every step; this assert does not
+            torch._assert_async(in_range.all(), f"class labels must lie in [0, {self.config.num_classes})")
+
     def parse(self, values):
-        return torch.tensor([int(v) for v in values], dtype=torch.long)
+        labels = torch.tensor([int(v) for v in values], dtype=torch.long)
+        self._check_labels(labels)  # on the CPU: a clear error before any device sees them
+        return labels
 
     def grid_conditions(self, rows):
         return torch.arange(rows) % self.config.num_classes

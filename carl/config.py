@@ -113,6 +113,8 @@ class TrainConfig:
     train_temperature: tuple[tuple[Annotated[float, at.Ge(0)], Annotated[float, at.Gt(0)]], ...] = ((0.0, 1.0),)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: Annotated[int, at.Ge(0)] = 0
+    compile: bool = False  # torch.compile the backbone and the scoring rule's network (carl.accel)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     log_every: Annotated[int, at.Ge(1)] = 20
     sample_every: Annotated[int, at.Ge(1)] | None = 500
     checkpoint_every: Annotated[int, at.Ge(1)] | None = 500

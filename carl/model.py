@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from carl.backbone import Backbone
 from carl.config import Component, ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.logs import interactive
-from carl.orders.base import Plan
+from carl.orders.base import Plan, sorted_positions
 from carl.scores.base import Guidance, guidance_scale
 from carl.weights import WeightsError, load_strict
 
@@ -264,33 +264,46 @@ class ContinuousAR(
     def hidden_at_targets(self, tokens: torch.Tensor, cond: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states ``(T, C)`` at the plan's targets and the target tokens ``(T, D)``."""
         if self.order.attention == "bidirectional":
-            hidden = self._hidden_bidirectional(tokens, cond, plan.known)
-            return hidden[plan.targets], tokens[plan.targets]
+            if plan.num_known is None:  # rows may know different counts: boolean indexing
+                hidden = self._hidden_bidirectional(tokens, cond, plan.known)
+                return hidden[plan.targets], tokens[plan.targets]
+            hidden = self._hidden_bidirectional(tokens, cond, plan.known, plan.positions(known=True))
+            targets = plan.positions(known=False)  # fixed shapes: no host-device sync
+            return _gather_rows(hidden, targets).flatten(0, 1), _gather_rows(tokens, targets).flatten(0, 1)
         ordered = torch.gather(tokens, 1, plan.order[..., None].expand_as(tokens))  # (B, N, D) in generation order
         hidden = self._hidden_causal(ordered, cond, plan.order)
         return hidden.flatten(0, 1), ordered.flatten(0, 1)
 
-    def _hidden_bidirectional(self, tokens: torch.Tensor, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """Known tokens and mask tokens attend to each other; returns ``(B, N, C)`` (buffer dropped)."""
+    def _hidden_bidirectional(self, tokens, cond, known, known_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Known tokens and mask tokens attend to each other; returns ``(B, N, C)`` (buffer dropped).
+        ``known_index (B, K)``: the known positions in ascending order, when every row knows K."""
         bb = self.backbone
         if bb.config.encoder_depth:
-            return self._hidden_encoder_decoder(tokens, cond, known)
+            return self._hidden_encoder_decoder(tokens, cond, known, known_index)
         x = bb.token_proj(tokens)  # (B, N, C)
         x = torch.where(known[..., None], x, bb.mask_token.to(x.dtype))
         x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.pos_embed  # (B, S + N, C)
         return bb(x, causal=False)[:, bb.buffer :]
 
-    def _hidden_encoder_decoder(self, tokens: torch.Tensor, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def _hidden_encoder_decoder(self, tokens, cond, known, known_index: torch.Tensor | None = None) -> torch.Tensor:
         """MAR: the encoder runs over the condition and the known tokens only (every row knows as
-        many), the decoder over all positions with mask tokens where nothing is known."""
+        many), the decoder over all positions with mask tokens where nothing is known. With
+        ``known_index`` the kept rows are gathered and scattered back (fixed shapes, no host sync)."""
         bb = self.backbone
         b, s = tokens.shape[0], bb.buffer
         x = bb.token_proj(tokens)
         x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.encoder_pos_embed
-        keep = torch.cat([known.new_ones(b, s), known], dim=1)  # (B, S + N)
-        encoded = bb.decoder_embed(bb.encode(x[keep].view(b, -1, x.shape[-1])))
-        y = bb.mask_token.to(encoded.dtype).expand(b, keep.shape[1], -1).clone()
-        y[keep] = encoded.flatten(0, 1)
+        if known_index is None:
+            keep = torch.cat([known.new_ones(b, s), known], dim=1)  # (B, S + N)
+            encoded = bb.decoder_embed(bb.encode(x[keep].view(b, -1, x.shape[-1])))
+            y = bb.mask_token.to(encoded.dtype).expand(b, keep.shape[1], -1).clone()
+            y[keep] = encoded.flatten(0, 1)
+        else:
+            buffer = torch.arange(s, device=known_index.device).expand(b, s)
+            keep = torch.cat([buffer, known_index + s], dim=1)  # (B, S + K), ascending like the mask
+            encoded = bb.decoder_embed(bb.encode(_gather_rows(x, keep)))
+            y = bb.mask_token.to(encoded.dtype).expand(b, x.shape[1], -1).clone()
+            y.scatter_(1, keep[..., None].expand_as(encoded), encoded)
         return bb(y + bb.pos_embed, causal=False)[:, s:] + bb.head_pos_embed
 
     def _causal_inputs(self, ordered: torch.Tensor, positions: torch.Tensor, next_positions: torch.Tensor) -> torch.Tensor:
@@ -408,12 +421,14 @@ class ContinuousAR(
         ranks = order.argsort(dim=-1)  # (B, N): step index at which each position is written
         tokens = cond.new_zeros(batch, n, d, dtype=torch.float32)
         known_before = 0
-        for known_after in steps:
-            known = ranks < known_before
-            hidden = self._hidden_bidirectional(tokens.repeat(rows, 1, 1), cond, known.repeat(rows, 1))
-            new = (ranks >= known_before) & (ranks < known_after)  # (B, N), the same count per row
-            picked = hidden[new.repeat(rows, 1)]  # (rows * B * k, C), conditional rows first
-            tokens[new] = self._sample(picked, known_after, **sampler)
+        for known_after in steps:  # gathers and scatters of fixed-size indices: no host-device sync
+            known = (ranks < known_before).repeat(rows, 1)
+            known_index = sorted_positions(order, 0, known_before).repeat(rows, 1)  # (rows * B, K)
+            hidden = self._hidden_bidirectional(tokens.repeat(rows, 1, 1), cond, known, known_index)
+            new = sorted_positions(order, known_before, known_after)  # (B, k), the same count per row
+            picked = _gather_rows(hidden, new.repeat(rows, 1)).flatten(0, 1)  # (rows * B * k, C), conditional rows first
+            drawn = self._sample(picked, known_after, **sampler).view(batch, -1, d)
+            tokens.scatter_(1, new[..., None].expand_as(drawn), drawn)
             known_before = known_after
         return tokens
 
@@ -451,3 +466,8 @@ def _with_resolved_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
     if type(resolved) is not type(options) or resolved == options:
         return config
     return dataclasses.replace(config, tokenizer=Component(config.tokenizer.name, resolved))
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x (B, N, C)`` at ``index (B, K)`` -> ``(B, K, C)``."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))

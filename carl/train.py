@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from carl import checkpoints
 from carl.api import CallableModule
+from carl.accel import DeviceEMA, compile_model, loader_options, optimizer_options
 from carl.cache import is_complete, load_cache
 from carl.checkpoints import CHECKPOINTS, latest_checkpoint
 from carl.config import RecipeConfig, TokenizerRecipeConfig, TrainConfig, dump_recipe, to_dict
@@ -69,16 +69,6 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def ema_update(decay: float):
-    """EMA with warm-up: the decay at update n is ``min(decay, (1 + n) / (10 + n))``, so a short run
-    is not dominated by its initial weights (0.999^1000 would still give them 37%)."""
-
-    @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = int(num_averaged)
-        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1 + n) / (10 + n)))
-
-    return update
 
 
 class Trainer:
@@ -105,7 +95,7 @@ class Trainer:
             mixed_precision=train.mixed_precision,
             log_with=None if train.tracker == "none" else train.tracker,
             project_dir=str(self.output),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         )
         check_process_group(self.accelerator.num_processes)
         self._claim_output()
@@ -114,7 +104,9 @@ class Trainer:
         set_seed(train.seed)
         self.source, dataset = self._setup_data()
         self.model = self.job.build(self.source, dataset, self.resume)
-        self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(train.ema_decay))
+        self.ema = DeviceEMA(self.model, train.ema_decay, device=self.accelerator.device)
+        if train.compile:  # after the EMA's copy, which stays eager (it samples with a KV cache)
+            compile_model(self.model, train.compile_mode)
         loader = self._setup_loader(dataset)
         self.steps_per_epoch = max(1, len(loader) // (self.accelerator.num_processes * self.batching.accumulation))
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
@@ -160,15 +152,15 @@ class Trainer:
             batch_size=self.batching.micro_batch,
             shuffle=True,
             drop_last=True,
-            num_workers=self.cfg.train.num_workers,
             generator=torch.Generator().manual_seed(self.cfg.train.seed),
-            persistent_workers=self.cfg.train.num_workers > 0,
+            **loader_options(self.accelerator.device, self.cfg.train.num_workers),
         )
 
     def _setup_optimizer(self):
         train = self.cfg.train
         lr = learning_rate(train)
-        optimizer = torch.optim.AdamW(self.job.param_groups(self.model, train, lr), lr=lr, betas=train.betas)
+        optimizer = torch.optim.AdamW(self.job.param_groups(self.model, train, lr), lr=lr, betas=train.betas,
+                                      **optimizer_options(self.accelerator.device))
         warmup = round(train.warmup_epochs * self.steps_per_epoch)
         min_ratio = train.min_lr / lr if lr else 0.0
 

@@ -3,32 +3,34 @@ counted in optimizer steps."""
 
 import pytest
 import torch
-from torch.optim.swa_utils import AveragedModel
-
+from carl.accel import DeviceEMA, ema_decay
 from carl.config import load_recipe
-from carl.train import Trainer, ema_update, lr_factor
+from carl.train import Trainer, lr_factor
 
 
-def test_ema_update_moves_by_one_minus_the_decay():
-    update = ema_update(0.9)
-    ema, params = [torch.tensor([0.0, 10.0])], [torch.tensor([1.0, 0.0])]
-    update(ema, params, torch.tensor(100))  # warm-up decay (101 / 110) > 0.9: the configured decay wins
-    torch.testing.assert_close(ema[0], torch.tensor([0.1, 9.0]), rtol=0, atol=1e-6)
-    update(ema, params, torch.tensor(100))
-    torch.testing.assert_close(ema[0], torch.tensor([0.19, 8.1]), rtol=0, atol=1e-6)
+def test_ema_moves_by_one_minus_the_decay():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = DeviceEMA(model, 0.9)
+    ema.n_averaged.fill_(100)  # warm-up decay (101 / 110) > 0.9: the configured decay wins
+    with torch.no_grad():
+        ema.module.weight.copy_(torch.tensor([[0.0, 10.0]]))
+        model.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.weight, torch.tensor([[0.1, 9.0]]), rtol=0, atol=1e-6)
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.weight, torch.tensor([[0.19, 8.1]]), rtol=0, atol=1e-6)
 
 
 def test_ema_decay_warms_up_as_one_plus_n_over_ten_plus_n():
-    update = ema_update(0.9999)
-    for n, decay in ((0, 1 / 10), (1, 2 / 11), (8, 9 / 18), (90, 91 / 100)):
-        ema = [torch.tensor([0.0])]
-        update(ema, [torch.tensor([1.0])], torch.tensor(n))
-        torch.testing.assert_close(ema[0], torch.tensor([1 - decay]), rtol=0, atol=1e-6)
+    for n, decay in ((1, 2 / 11), (8, 9 / 18), (90, 91 / 100)):
+        assert float(ema_decay(torch.tensor(n), 0.9999)) == pytest.approx(decay, abs=1e-12)
+    assert float(ema_decay(torch.tensor(0), 0.9999)) == 0.0  # the first update copies
+    assert float(ema_decay(torch.tensor(10**6), 0.9999)) == 0.9999
 
 
 def test_averaged_model_follows_the_decay_sequence():
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(model, multi_avg_fn=ema_update(0.5))
+    ema = DeviceEMA(model, 0.5)
     expected = None
     for n, value in enumerate((4.0, 2.0, 8.0, 0.0)):
         with torch.no_grad():

@@ -16,15 +16,26 @@ class Plan:
     ``order``: ``(B, N)`` long, a permutation per row; ``order[b, i]`` is the position generated
     i-th. ``known``: ``(B, N)`` bool indexed by *position*; the positions not known are the
     targets of the loss. Causal-attention orders know nothing up front: every token is a target,
-    predicted from the tokens before it in ``order`` (teacher forcing).
+    predicted from the tokens before it in ``order`` (teacher forcing). ``num_known``: set when
+    every row knows the same number of positions (``known`` is then ``order[:, :num_known]``),
+    so the model can gather fixed-size index tensors instead of indexing with a boolean mask,
+    whose result size the host must read back from the device.
     """
 
     order: torch.Tensor
     known: torch.Tensor
+    num_known: int | None = None
 
     @property
     def targets(self) -> torch.Tensor:
         return ~self.known
+
+    def positions(self, known: bool) -> torch.Tensor:
+        """``(B, K)`` the known (or target) positions of each row in ascending order, the order in
+        which boolean indexing lists them. Needs ``num_known``."""
+        if self.num_known is None:
+            raise ValueError("this plan does not know the same number of positions in every row")
+        return sorted_positions(self.order, 0, self.num_known) if known else sorted_positions(self.order, self.num_known)
 
 
 class Order(ABC):
@@ -55,6 +66,12 @@ class Order(ABC):
     ) -> torch.Tensor:
         """The ``(B, N)`` order in which generation writes positions."""
         return self.plan(batch_size, seq_len, generator, device).order
+
+
+def sorted_positions(order: torch.Tensor, start: int, end: int | None = None) -> torch.Tensor:
+    """``(B, end - start)``: the positions written at generation steps ``start .. end - 1`` of
+    ``order``, ascending per row."""
+    return order[:, start:end].sort(dim=1).values
 
 
 def random_permutations(

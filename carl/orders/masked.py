@@ -55,7 +55,7 @@ class MaskedOrder(Order):
         num_masked = math.ceil(seq_len * self.sample_ratio(generator))
         ranks = order.argsort(dim=-1)  # ranks[b, pos] = step at which pos is generated
         known = ranks < (seq_len - num_masked)
-        return Plan(order, known)
+        return Plan(order, known, num_known=seq_len - num_masked)
 
     def schedule(self, seq_len: int, num_steps: int) -> list[int]:
         # MAR's and EAR's loop exactly: with more steps than tokens some steps write nothing

@@ -102,6 +102,7 @@ class NoiseSchedule(nn.Module):
         }
         for name, value in tables.items():
             self.register_buffer(name, value if name == "timesteps" else value.float(), persistent=False)
+        self.steps = reverse_step_coefficients(tables)
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -172,6 +173,38 @@ class MLPDenoiser(nn.Module):
         for block in self.res_blocks:
             x = block(x, y, 1.0)
         return self.final_layer(x, y).chunk(2, dim=-1)
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """One reverse step's coefficients as Python floats (from the float64 tables), so that the
+    sampler applies them as kernel scalars: no table lookups on the device, fewer kernels.
+
+    ``x0 = x0_x * x - x0_eps * eps``; ``mean = mean_x0 * x0 + mean_x * x`` (folded into
+    ``mean = direct_x * x - direct_eps * eps`` when x0 is not clipped); the learned-range
+    standard deviation is ``exp(std_0 + std_v * v)`` for variance logits ``v``."""
+
+    x0_x: float
+    x0_eps: float
+    mean_x0: float
+    mean_x: float
+    direct_x: float
+    direct_eps: float
+    std_0: float
+    std_v: float
+
+
+def reverse_step_coefficients(tables: dict[str, torch.Tensor]) -> list[ReverseStep]:
+    """The :class:`ReverseStep` of every step of a schedule's float64 ``tables``. The log-variance
+    ``(v + 1) / 2 * log_beta + (1 - (v + 1) / 2) * posterior_log_var`` is rewritten as
+    ``a + b v``, halved for the standard deviation."""
+    columns = ("sqrt_recip_alpha_bar", "sqrt_recip_m1_alpha_bar", "posterior_mean_x0", "posterior_mean_xt",
+               "log_beta", "posterior_log_var")
+    steps = []
+    for a, b, c, d, log_beta, post in zip(*(tables[name].double().tolist() for name in columns)):
+        steps.append(ReverseStep(x0_x=a, x0_eps=b, mean_x0=c, mean_x=d, direct_x=c * a + d, direct_eps=c * b,
+                                 std_0=(log_beta + post) / 4, std_v=(log_beta - post) / 4))
+    return steps
 
 
 def normal_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:
@@ -260,30 +293,41 @@ class DiffusionScore(ScoringRule):
         if guidance is not None:  # conditional rows first; both halves denoise the same x (MAR)
             hidden = torch.cat([hidden, guidance.uncond])
         cond = self.net.cond_embed(hidden)  # once per token, not once per denoising step
+        levels = self.net.time_embed(self.sample_schedule.timesteps)  # every level at once: (steps, W)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            y = self.net.time_embed(t) + cond  # the level is embedded once and broadcast
-            eps, var_logits = self.net(x if guidance is None else x.repeat(2, 1), y)
+        def denoise(x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            eps, var_logits = self.net(x if guidance is None else x.repeat(2, 1), cond + levels[step])
             if guidance is None:
                 return eps, var_logits
             cond_eps, uncond_eps = eps.chunk(2)
-            return uncond_eps + guidance.scale * (cond_eps - uncond_eps), var_logits[:rows]
+            return torch.lerp(uncond_eps, cond_eps, guidance.scale), var_logits[:rows]  # eps_u + s (eps_c - eps_u)
 
         noise = standard_normal((rows, self.net.input_proj.in_features), hidden, generator).to(hidden.dtype)
-        return self.reverse(denoise, noise, temperature, generator)
+        return self._reverse(denoise, noise, temperature, generator)
 
     def reverse(self, denoiser: Denoiser, x: torch.Tensor, temperature: float = 1.0, generator=None) -> torch.Tensor:
-        """Run the respaced reverse chain from ``x`` (pure noise) with ``denoiser(x, level)``.
+        """Run the respaced reverse chain from ``x`` (pure noise) with ``denoiser(x, level)``,
+        ``level`` the ``(1,)`` training level each step stands for."""
+        levels = self.sample_schedule.timesteps
+        return self._reverse(lambda x, step: denoiser(x, levels[step : step + 1]), x, temperature, generator)
 
-        Every step is a fixed handful of batched kernels over all rows; tables and levels stay on
-        the device, so nothing waits on the host."""
-        schedule = self.sample_schedule
-        for i in reversed(range(len(schedule))):
-            eps, var_logits = denoiser(x, schedule.timesteps[i : i + 1])
-            step = torch.full((1,), i, device=x.device)
-            mean, log_var = schedule.p_mean_log_var(x.float(), step, eps.float(), var_logits.float(), self.config.clip_x0)
+    def _reverse(self, denoiser, x: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+        """The chain with ``denoiser(x, step index)``. Each step is the denoiser plus about eight
+        elementwise kernels with host-side scalar coefficients (:class:`ReverseStep`): no table
+        lookups, nothing that waits on the device."""
+        clip = self.config.clip_x0
+        for i in reversed(range(len(self.sample_schedule))):
+            c = self.sample_schedule.steps[i]
+            eps, var_logits = denoiser(x, i)
+            xf, eps = x.float(), eps.float()
+            if clip is None:
+                mean = xf.mul(c.direct_x).sub_(eps, alpha=c.direct_eps)
+            else:
+                x0 = xf.mul(c.x0_x).sub_(eps, alpha=c.x0_eps).clamp_(-clip, clip)
+                mean = x0.mul_(c.mean_x0).add_(xf, alpha=c.mean_x)
             if i > 0:
                 noise = standard_normal(x.shape, x, generator)
-                mean = mean + torch.exp(0.5 * log_var) * temperature * noise
+                std = var_logits.float().mul(c.std_v).add_(c.std_0).exp_()
+                mean = mean.addcmul_(std, noise.float(), value=temperature)
             x = mean.to(x.dtype)
         return x.float()
