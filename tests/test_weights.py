@@ -103,3 +103,13 @@ def test_strict_loading_names_the_first_four_of_many():
     with pytest.raises(WeightsError) as err:
         load_strict(module, {}, "empty")
     assert str(err.value) == "empty does not fit Sequential: 6 missing: 0.weight, 0.bias, 1.weight, 1.bias ..."
+
+
+class NotAllowListed:  # a pickled object of this class needs code execution to load
+    pass
+
+
+def test_pickled_code_is_refused(tmp_path):
+    torch.save({"a": torch.ones(1), "evil": NotAllowListed()}, tmp_path / "code.pth")
+    with pytest.raises(WeightsError, match=f"^cannot read weights file {tmp_path / 'code.pth'}: UnpicklingError: "):
+        load_state_file(tmp_path / "code.pth")
