@@ -56,7 +56,7 @@ MODULES: dict[str, Module] = {
     "orders": Module(("carl/orders/*",), ("tests/test_orders.py", "tests/test_model.py")),
     "backbone": Module(("carl/backbone.py",), ("tests/test_backbone.py", "tests/test_model.py",
                                                "tests/test_guidance_direction.py")),
-    "weights": Module(("carl/weights.py",), ("tests/test_weights.py", "plugins/image_ear/tests/test_kl16.py")),
+    "weights": Module(("carl/weights.py",), ("tests/test_weights.py",)),
     "model": Module(("carl/model.py",), ("tests/test_model.py", "tests/test_guidance_direction.py", "tests/test_hub.py")),
     "config": Module(("carl/config.py",), ("tests/test_config.py",)),
     "hub": Module(("carl/hub.py",), ("tests/test_hub.py",)),

@@ -191,3 +191,36 @@ def test_diffusion_guidance_mixes_the_noise_and_keeps_the_conditional_variance()
     g = torch.Generator().manual_seed(0)
     other = rule.reverse(wrong_variance, standard_normal((rows, d), cond, g), temperature=0.8, generator=g)
     assert (guided - other).abs().max() > 0.05  # guard: the variance matters at these values
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults and refusals (mutation survivors)
+
+
+@pytest.mark.parametrize("name", ["energy", "crps", "kernel", "gaussian", "gmm", "diffusion"])
+def test_default_sampling_temperature_is_one(name):
+    from carl.plugins import registry
+
+    cls = registry("scores").get(name)
+    rule = cls(cls.Config(**({"sample_steps": 5} if name == "diffusion" else {})), hidden_dim=HIDDEN, token_dim=2)
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    hidden = torch.randn(4, HIDDEN)
+    default = rule.sample(hidden, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(default, rule.sample(hidden, temperature=1.0, generator=torch.Generator().manual_seed(1)))
+    assert not torch.allclose(default, rule.sample(hidden, temperature=0.5, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"num_samples": 1}, "a sample-based score needs num_samples >= 2 for its diversity term"),
+        ({"batch_mul": 0}, "batch_mul and depth must be >= 1"),
+        ({"depth": 0}, "batch_mul and depth must be >= 1"),
+    ],
+)
+def test_sample_score_config_refusals(options, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        SampleScoreConfig(**options)
+    SampleScoreConfig(num_samples=2, batch_mul=1, depth=1)  # the smallest valid values

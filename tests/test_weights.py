@@ -103,3 +103,21 @@ def test_strict_loading_names_the_first_four_of_many():
     with pytest.raises(WeightsError) as err:
         load_strict(module, {}, "empty")
     assert str(err.value) == "empty does not fit Sequential: 6 missing: 0.weight, 0.bias, 1.weight, 1.bias ..."
+
+
+class NotAllowListed:  # a pickled object of this class needs code execution to load
+    pass
+
+
+def test_pickled_code_is_refused(tmp_path):
+    torch.save({"a": torch.ones(1), "evil": NotAllowListed()}, tmp_path / "code.pth")
+    with pytest.raises(WeightsError, match=f"^cannot read weights file {tmp_path / 'code.pth'}: UnpicklingError: "):
+        load_state_file(tmp_path / "code.pth")
+
+
+@pytest.mark.parametrize("count,ellipsis", [(4, False), (5, True)])
+def test_strict_loading_marks_only_lists_longer_than_four(count, ellipsis):
+    module = nn.ParameterDict({f"p{i}": nn.Parameter(torch.zeros(1)) for i in range(count)})
+    with pytest.raises(WeightsError) as err:
+        load_strict(module, {}, "empty")
+    assert str(err.value).endswith(" ...") == ellipsis and f"{count} missing: p0, p1, p2, p3" in str(err.value)
