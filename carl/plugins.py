@@ -243,17 +243,17 @@ def pretrained_folders() -> dict[str, Path]:
 
 
 def register_commands(app: Any) -> None:
-    """Let every plugin add its CLI commands to the typer ``app`` (once per app and plugin: a plugin
-    loaded later, say after ``CARL_PLUGINS`` changed, still gets its turn). A plugin whose hook
-    raises or takes a command name already in use adds nothing and is marked failed."""
-    done = getattr(app, "_carl_plugin_commands", None)
-    done = done if isinstance(done, set) else set()  # the hook implementations whose commands are in
+    """Let every plugin add its CLI commands to the typer ``app`` (once per set of loaded plugins:
+    after ``load_plugins(force=True)`` the previous plugins' commands are replaced). A plugin
+    whose hook raises or takes a command name already in use adds nothing and is marked failed."""
     pm = load_plugins()
+    done = getattr(app, "_carl_plugin_commands", None)
+    if done:
+        if done[0] is pm:
+            return
+        app.registered_commands[:], app.registered_groups[:] = done[1], done[2]  # carl's own commands
+    app._carl_plugin_commands = (pm, list(app.registered_commands), list(app.registered_groups))
     for impl in pm.hook.register_commands.get_hookimpls():
-        key = f"{impl.plugin_name}:{impl.function.__qualname__}"  # a plugin may implement the hook twice
-        if key in done:
-            continue
-        done.add(key)
         commands, groups = list(app.registered_commands), list(app.registered_groups)
         try:
             impl.function(app=app)
@@ -265,7 +265,6 @@ def register_commands(app: Any) -> None:
         except Exception as exc:
             app.registered_commands[:], app.registered_groups[:] = commands, groups
             _fail(_State.infos[impl.plugin_name], f"register_commands: {type(exc).__name__}: {exc}")
-    app._carl_plugin_commands = done
 
 
 def _command_names(commands: list, groups: list) -> list[str]:

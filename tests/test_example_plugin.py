@@ -50,13 +50,8 @@ def installed(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("CARL_PLUGINS", "waves")
-    commands, groups = list(cli.app.registered_commands), list(cli.app.registered_groups)
-    flag = getattr(cli.app, "_carl_plugin_commands", False)
-    cli.app._carl_plugin_commands = False
     load_plugins(force=True)
     yield tmp_path
-    cli.app.registered_commands[:], cli.app.registered_groups[:] = commands, groups
-    cli.app._carl_plugin_commands = flag
     for module in [m for m in sys.modules if m.startswith("carl_waves")]:
         del sys.modules[module]
     monkeypatch.undo()

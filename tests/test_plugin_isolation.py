@@ -83,14 +83,9 @@ def installed(tmp_path, monkeypatch):
         (info / "entry_points.txt").write_text(f"[carl]\n{name} = carl_iso_{name}.plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CARL_PLUGINS", ",".join(PLUGINS))
-    commands, groups = list(cli.app.registered_commands), list(cli.app.registered_groups)
-    flag = getattr(cli.app, "_carl_plugin_commands", False)
-    cli.app._carl_plugin_commands = False
     with pytest.warns(UserWarning, match="failed to load"):
         load_plugins(force=True)
     yield
-    cli.app.registered_commands[:], cli.app.registered_groups[:] = commands, groups
-    cli.app._carl_plugin_commands = flag
     for module in [m for m in sys.modules if m.startswith("carl_iso_")]:
         del sys.modules[module]
     monkeypatch.undo()
