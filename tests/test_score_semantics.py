@@ -159,7 +159,7 @@ class ScriptedDenoiser(torch.nn.Module):
         self.token_dim = token_dim
 
     def time_embed(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(1, 2 * self.token_dim)
+        return torch.zeros(len(t), 2 * self.token_dim)  # one row per level asked for (the sampler embeds them all at once)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return y[:, : self.token_dim].expand_as(x), y[:, self.token_dim :].expand_as(x)
@@ -215,9 +215,9 @@ def test_default_sampling_temperature_is_one(name):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"num_samples": 1}, "a sample-based score needs num_samples >= 2 for its diversity term"),
-        ({"batch_mul": 0}, "batch_mul and depth must be >= 1"),
-        ({"depth": 0}, "batch_mul and depth must be >= 1"),
+        ({"num_samples": 1}, "num_samples 1 is out of range; allowed: >= 2"),
+        ({"batch_mul": 0}, "batch_mul 0 is out of range; allowed: >= 1"),
+        ({"depth": 0}, "depth 0 is out of range; allowed: >= 1"),
     ],
 )
 def test_sample_score_config_refusals(options, message):

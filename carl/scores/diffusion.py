@@ -257,9 +257,10 @@ class DiffusionScore(ScoringRule):
         super().__init__()
         self.config = config
         self.net = MLPDenoiser(hidden_dim=hidden_dim, width=config.width, depth=config.depth, token_dim=token_dim)
-        betas = betas_for(config.schedule, config.train_steps)
-        self.train_schedule = NoiseSchedule(betas)
-        self.sample_schedule = NoiseSchedule(betas, respaced_timesteps(config.train_steps, config.sample_steps))
+        with torch.device("cpu"):  # the host-side step coefficients need real numbers, even when built on "meta"
+            betas = betas_for(config.schedule, config.train_steps)
+            self.train_schedule = NoiseSchedule(betas)
+            self.sample_schedule = NoiseSchedule(betas, respaced_timesteps(config.train_steps, config.sample_steps))
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         r = self.config.batch_mul
