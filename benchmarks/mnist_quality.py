@@ -15,6 +15,7 @@ digit, and the script reports
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -121,13 +122,21 @@ def evaluate(model, cnn: DigitCNN, *, per_class: int, cfg: float, temperature: f
     }
 
 
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a model folder trained on MNIST (e.g. runs/mnist-ear) or a Hub repo id")
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--cfg", type=float, default=None, help="default: the recipe's")
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--cfg", type=floats, default=None, help="default: the recipe's; a comma list sweeps")
+    parser.add_argument("--temperature", type=floats, default=None, help="default: the recipe's; a comma list sweeps")
+    parser.add_argument("--steps", type=ints, default=None, help="default: the recipe's; a comma list sweeps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -135,9 +144,9 @@ def main() -> None:
     model, recipe = load_model(args.checkpoint)
     model.to(args.device)
     s = recipe.sample
-    cfg = s.cfg if args.cfg is None else args.cfg
-    temperature = s.temperature if args.temperature is None else args.temperature
-    steps = s.num_steps if args.steps is None else args.steps
+    cfgs = [s.cfg] if args.cfg is None else args.cfg
+    temperatures = [s.temperature] if args.temperature is None else args.temperature
+    step_counts = [s.num_steps] if args.steps is None else args.steps
 
     start = time.perf_counter()
     cnn = train_classifier()
@@ -147,10 +156,13 @@ def main() -> None:
     print(f"classifier: trained on 2000 held-out digits in {time.perf_counter() - start:.1f}s, "
           f"accuracy {real_acc:.2%} on the 8000 real training digits")
 
-    r = evaluate(model, cnn, per_class=args.per_class, cfg=cfg, temperature=temperature, steps=steps, seed=args.seed)
-    print(f"model {args.checkpoint}: cfg {cfg}, temperature {temperature}, {steps} steps, {10 * args.per_class} samples")
-    print("| accuracy on generated | FD(gen, real) | FD(real, real) | s / image |")
-    print(f"| {r['accuracy']:.2%} | {r['fd_gen_real']:.2f} | {r['fd_real_real']:.2f} | {r['seconds_per_image']:.4f} |")
+    print(f"model {args.checkpoint}: {10 * args.per_class} samples per row")
+    print("| steps | cfg | temperature | accuracy on generated | FD(gen, real) | FD(real, real) | s / image |")
+    print("|---|---|---|---|---|---|---|")
+    for steps, cfg, temperature in itertools.product(step_counts, cfgs, temperatures):
+        r = evaluate(model, cnn, per_class=args.per_class, cfg=cfg, temperature=temperature, steps=steps, seed=args.seed)
+        print(f"| {steps} | {cfg:g} | {temperature:g} | {r['accuracy']:.2%} | {r['fd_gen_real']:.2f} "
+              f"| {r['fd_real_real']:.2f} | {r['seconds_per_image']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

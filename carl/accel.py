@@ -82,8 +82,10 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
     eager code between the compiled graphs, so a compiled model draws the same numbers as an
     eager one from the same seed. Shapes that vary from step to step (the number of targets
     under a masked order) are compiled once as dynamic, after which steps do not recompile.
-    The causal order's KV-cache sampling loop changes the cache length at every step: compile
-    such a sampler with ``backbone=False`` (the head only). Returns the compiled modules.
+    The causal order's KV-cache sampling loop grows the cache by one position per step: sample
+    with ``generate(..., static_shapes=True)`` (the default on CUDA), whose fixed-shape cache
+    lets a compiled backbone serve every step, or compile with ``backbone=False`` (the head
+    only). Returns the compiled modules.
 
     Raises:
         ValueError: an unknown ``mode``.

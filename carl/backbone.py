@@ -11,24 +11,61 @@ from carl.config import BackboneConfig
 
 
 class KVCache:
-    """Keys and values of every layer for incremental causal decoding, preallocated to ``max_len``."""
+    """Keys and values of every layer for incremental causal decoding, preallocated to ``max_len``.
 
-    def __init__(self, *, depth: int, batch: int, heads: int, head_dim: int, max_len: int, like: torch.Tensor):
+    By default each call reads the filled part of the cache, so the attention shapes grow by one
+    position per generated token. With ``static=True`` every call reads the whole buffer under a
+    mask and the fill level is a device tensor updated in place: a decoding step has the same
+    shapes, addresses and no host-side counter from the first token to the last, which is what
+    CUDA graphs and ``torch.compile`` need to capture it. Both give the same hidden states.
+    """
+
+    def __init__(self, *, depth: int, batch: int, heads: int, head_dim: int, max_len: int, like: torch.Tensor,
+                 static: bool = False):
         shape = (depth, batch, heads, max_len, head_dim)
-        self.keys = like.new_empty(shape)
-        self.values = like.new_empty(shape)
-        self.length = 0  # positions filled in every layer
-        self._pending = 0
+        # zeros, not empty: a masked position gets zero weight, and 0 * NaN from garbage would still be NaN
+        self.keys = like.new_zeros(shape)
+        self.values = like.new_zeros(shape)
+        self.static = static
+        self.length: int | torch.Tensor = like.new_zeros((), dtype=torch.long) if static else 0  # positions filled
+        self._added = 0  # positions appended by the current call, committed by advance()
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        self._pending = end
+        """Store ``k, v (B, H, L, D)`` after the filled positions; the keys and values to attend to."""
+        self._added = k.shape[2]
+        if self.static:
+            index = self.length + torch.arange(self._added, device=k.device)
+            self.keys[layer].index_copy_(2, index, k)
+            self.values[layer].index_copy_(2, index, v)
+            return self.keys[layer], self.values[layer]
+        end = self.length + self._added
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def mask(self, queries: int, causal: bool, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """``(attn_mask, is_causal)`` for ``queries`` new positions over the keys :meth:`append` returned:
+        each query sees the cache and the new keys up to itself (all new keys if not ``causal``)."""
+        if self.static:
+            keys = torch.arange(self.max_len, device=device)
+            last = self.length + (torch.arange(queries, device=device) if causal else queries - 1)
+            return keys <= last.reshape(-1, 1), False  # (L, max_len) or (1, max_len)
+        if not causal or queries == 1:
+            return None, False
+        if self.length == 0:
+            return None, True
+        return torch.ones(queries, self.length + queries, dtype=torch.bool, device=device).tril(self.length), False
+
     def advance(self) -> None:
-        self.length = self._pending
+        """Commit the positions appended since the last call (once per backbone pass, after every layer)."""
+        if self.static:
+            self.length.add_(self._added)
+        else:
+            self.length += self._added
 
 
 class Attention(nn.Module):
@@ -44,16 +81,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
-        past = 0
         if cache is not None:
-            past = cache.length
             k, v = cache.append(layer, k, v)
-        mask, is_causal = None, False
-        if causal and q.shape[2] > 1:
-            if past == 0:
-                is_causal = True
-            else:  # new queries see the whole cache and the new keys up to themselves (bottom-right aligned)
-                mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(past)
+            mask, is_causal = cache.mask(q.shape[2], causal, x.device)
+        else:
+            mask, is_causal = None, causal and q.shape[2] > 1
         dropout = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
@@ -146,11 +178,12 @@ class Backbone(nn.Module):
             x = block(x, causal=False)
         return self.encoder_norm(x)
 
-    def new_cache(self, batch: int, like: torch.Tensor) -> KVCache:
+    def new_cache(self, batch: int, like: torch.Tensor, static: bool = False) -> KVCache:
+        """An empty :class:`KVCache` for ``batch`` rows (``static``: fixed shapes, for graph capture)."""
         width, heads = self.config.width, self.config.heads
         return KVCache(
             depth=len(self.blocks), batch=batch, heads=heads, head_dim=width // heads,
-            max_len=self.buffer + self.seq_len, like=like,
+            max_len=self.buffer + self.seq_len, like=like, static=static,
         )
 
     def forward(self, x: torch.Tensor, *, causal: bool, cache: KVCache | None = None) -> torch.Tensor:

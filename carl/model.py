@@ -347,6 +347,7 @@ class ContinuousAR(
         progress: bool = False,
         return_tokens: bool = False,
         prompt: torch.Tensor | None = None,
+        static_shapes: bool | None = None,
     ) -> torch.Tensor:
         """Generate a batch with the order's schedule and the scoring rule's sampler (no gradients;
         the model is put in eval mode for the call).
@@ -364,6 +365,10 @@ class ContinuousAR(
                 they are read in one pass and the rest is generated after them (forecasting,
                 completion). The result holds them unchanged.
             return_tokens: return the tokens instead of decoding them.
+            static_shapes: decode the causal order with a fixed-shape KV cache (every step has
+                the same shapes, so a compiled backbone or a CUDA graph captures it once; the
+                same samples up to rounding). Default: on CUDA only (on a CPU the growing cache
+                is cheaper).
 
         Returns:
             The decoded samples (the data's shape: images ``(B, C, H, W)``, series ``(B, T, C)``,
@@ -402,7 +407,8 @@ class ContinuousAR(
             if self.order.attention == "bidirectional":
                 tokens = self._generate_bidirectional(cond, order, steps, **sampler)
             else:
-                tokens = self._generate_causal(cond, order, steps, prompt=prompt, **sampler)
+                static = device.type == "cuda" if static_shapes is None else static_shapes
+                tokens = self._generate_causal(cond, order, steps, prompt=prompt, static=static, **sampler)
         finally:
             self.train(was_training)
         return tokens if return_tokens else self.tokenizer.decode(tokens)
@@ -432,11 +438,11 @@ class ContinuousAR(
             known_before = known_after
         return tokens
 
-    def _generate_causal(self, cond, order, steps, prompt=None, **sampler) -> torch.Tensor:
+    def _generate_causal(self, cond, order, steps, prompt=None, static=False, **sampler) -> torch.Tensor:
         batch, n, d = order.shape[0], self.tokenizer.num_tokens, self.tokenizer.token_dim
         rows = cond.shape[0] // batch
         order_rows = order.repeat(rows, 1)
-        cache = self.backbone.new_cache(cond.shape[0], like=cond)
+        cache = self.backbone.new_cache(cond.shape[0], like=cond, static=static)
         x = self._prefix(cond, order_rows[:, 0])
         ordered = cond.new_zeros(batch, n, d, dtype=torch.float32)
         given = 0 if prompt is None else prompt.shape[1]
@@ -444,7 +450,7 @@ class ContinuousAR(
             ordered[:, :given] = prompt.to(ordered)
             tokens = ordered[:, :given].repeat(rows, 1, 1).to(cond.dtype)
             x = torch.cat([x, self._causal_inputs(tokens, order_rows[:, :given], order_rows[:, 1 : given + 1])], dim=1)
-        hidden = self.backbone(x, causal=True, cache=cache)[:, -1]
+        hidden = self.backbone(x, causal=True, cache=cache)[:, -1].contiguous()  # the strides of every later step
         for i, known_after in enumerate(steps):
             if i < given:
                 continue

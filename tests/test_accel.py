@@ -145,19 +145,22 @@ def table_lookup_sample(rule, hidden, temperature, guidance, generator):
     return x
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("order", ["causal", "random"])
-def test_kv_cache_sampling_equals_cache_free_sampling(order):
-    check_kv_cache_sampling(order, torch.device("cpu"))
+def test_kv_cache_sampling_equals_cache_free_sampling(order, static):
+    check_kv_cache_sampling(order, torch.device("cpu"), static_shapes=static)
 
 
-def check_kv_cache_sampling(order: str, device: torch.device, dtype: torch.dtype = torch.float32, tol: float = 1e-5):
-    """Generation with the KV cache against recomputing the whole prefix at every step, with the
-    same random draws (shared with the GPU suite)."""
+def check_kv_cache_sampling(order: str, device: torch.device, dtype: torch.dtype = torch.float32, tol: float = 1e-5,
+                            static_shapes: bool | None = None):
+    """Generation with the KV cache (growing or fixed-shape) against recomputing the whole prefix
+    at every step, with the same random draws (shared with the GPU suite)."""
     torch.manual_seed(0)
     model = randomized(ContinuousAR(tiny_model_config(order))).to(device).eval()
     labels = torch.tensor([0, 1, 2, 3], device=device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        cached = model.generate(labels, cfg=1.5, generator=torch.Generator(device).manual_seed(2), return_tokens=True)
+        cached = model.generate(labels, cfg=1.5, generator=torch.Generator(device).manual_seed(2), return_tokens=True,
+                                static_shapes=static_shapes)
         generator = torch.Generator(device).manual_seed(2)
         n, rows = model.tokenizer.num_tokens, 2
         cond = torch.cat([model.conditioner(labels, 4), model.conditioner(None, 4)])
@@ -200,6 +203,33 @@ def test_compiled_training_does_not_recompile_across_steps():
     assert all(math.isfinite(v) for v in losses)
     assert "_orig_mod" not in "".join(model.state_dict())  # checkpoints keep the eager names
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("static", [True, pytest.param(False, marks=pytest.mark.slow)])  # False: the control
+def test_compiled_backbone_decodes_the_static_cache_without_recompiling(static):
+    """With the fixed-shape KV cache, a compiled backbone serves every causal decoding step with
+    two graphs (the prefix pass, the one-token step); the growing cache needs one per length."""
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = randomized(ContinuousAR(tiny_model_config("causal"))).eval()
+    sample = lambda: model.generate(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(5),
+                                    return_tokens=True, static_shapes=static)
+    eager = sample()
+    compile_model(model, backend="eager")
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False, cache_size_limit=64):  # count, don't generalise
+        compiled = sample()
+        frames = counters["frames"]["ok"]
+        again = sample()
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, compiled, rtol=0, atol=0)
+    if static:
+        assert frames <= 3, f"{frames} compiled frames: the decoding steps recompiled"  # prefix, step, head
+        assert counters["frames"]["ok"] == frames
+    else:
+        assert frames > model.tokenizer.num_tokens  # the control: one graph per cache length
 
 
 def test_compile_mode_is_checked():

@@ -106,10 +106,11 @@ def test_sampling_is_reproducible_with_cuda_and_cpu_generators(order, score):
     torch.testing.assert_close(c.cpu(), draw(on_cpu, torch.Generator().manual_seed(1)), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("order", ["causal", "random"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
-def test_kv_cache_sampling_equals_cache_free_sampling_on_cuda(order, dtype, tol):
-    check_kv_cache_sampling(order, CUDA, dtype, tol)
+def test_kv_cache_sampling_equals_cache_free_sampling_on_cuda(order, dtype, tol, static):
+    check_kv_cache_sampling(order, CUDA, dtype, tol, static_shapes=static)
 
 
 @pytest.mark.parametrize("order,encoder_depth", [("masked", 0), ("masked", 1), ("causal", 0)])
