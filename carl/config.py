@@ -92,7 +92,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. ``lr`` = ``base_lr`` x ``global_batch`` / 256 unless ``lr`` is given."""
+    """Optimisation. ``lr`` = ``base_lr`` x ``global_batch`` / 256 unless ``lr`` is given
+    (``lr_scaling: sqrt``: x its square root, the rule for Adam; a batch 4x larger then gets 2x the
+    rate, not 4x). Warm-up lasts ``warmup_epochs`` but at least ``warmup_steps`` optimizer steps:
+    an epoch has fewer steps as the batch grows, and a larger rate needs no shorter warm-up."""
 
     seed: Annotated[int, at.Ge(0)] = 0
     global_batch: Annotated[int, at.Ge(1)] = 64
@@ -101,8 +104,10 @@ class TrainConfig:
     max_steps: Annotated[int, at.Ge(1)] | None = None  # overrides epochs
     base_lr: Annotated[float, at.Gt(0)] = 1e-4
     lr: Annotated[float, at.Gt(0)] | None = None
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: Annotated[float, at.Ge(0)] = 0.0
+    warmup_steps: Annotated[int, at.Ge(0)] = 0
     min_lr: Annotated[float, at.Ge(0)] = 0.0
     weight_decay: Annotated[float, at.Ge(0)] = 0.02
     betas: tuple[Annotated[float, at.Interval(ge=0, lt=1)], Annotated[float, at.Interval(ge=0, lt=1)]] = (0.9, 0.95)

@@ -56,7 +56,11 @@ def plan_batching(train: TrainConfig, num_processes: int) -> Batching:
 
 
 def learning_rate(train: TrainConfig) -> float:
-    return train.lr if train.lr is not None else train.base_lr * train.global_batch / 256
+    """``train.lr``, or ``base_lr`` scaled from a batch of 256 by the linear or square-root rule."""
+    if train.lr is not None:
+        return train.lr
+    ratio = train.global_batch / 256
+    return train.base_lr * (ratio if train.lr_scaling == "linear" else math.sqrt(ratio))
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -161,7 +165,7 @@ class Trainer:
         lr = learning_rate(train)
         optimizer = torch.optim.AdamW(self.job.param_groups(self.model, train, lr), lr=lr, betas=train.betas,
                                       **optimizer_options(self.accelerator.device))
-        warmup = round(train.warmup_epochs * self.steps_per_epoch)
+        warmup = max(round(train.warmup_epochs * self.steps_per_epoch), train.warmup_steps)
         min_ratio = train.min_lr / lr if lr else 0.0
 
         def factor(step: int) -> float:

@@ -4,8 +4,8 @@ counted in optimizer steps."""
 import pytest
 import torch
 from carl.accel import DeviceEMA, ema_decay
-from carl.config import load_recipe
-from carl.train import Trainer, lr_factor
+from carl.config import TrainConfig, load_recipe
+from carl.train import Trainer, learning_rate, lr_factor
 
 
 def test_ema_moves_by_one_minus_the_decay():
@@ -69,3 +69,31 @@ def test_trainer_counts_the_warm_up_in_optimizer_steps(tmp_path):
         assert seen[step] == pytest.approx([0.005 * (step + 1) / 8, 0.01 * (step + 1) / 8]), step
     assert seen[8] == pytest.approx([0.005, 0.01])  # warm-up over: the cosine starts at full rate
     assert seen[14] == pytest.approx([0.0025, 0.005])  # half-way through the 12 decay steps
+
+
+@pytest.mark.parametrize("rule,batch,expected", [
+    ("linear", 256, 4e-3), ("linear", 64, 1e-3), ("linear", 1024, 1.6e-2),
+    ("sqrt", 256, 4e-3), ("sqrt", 64, 2e-3), ("sqrt", 1024, 8e-3),
+])
+def test_learning_rate_scales_with_the_batch_by_the_chosen_rule(rule, batch, expected):
+    train = TrainConfig(base_lr=4e-3, global_batch=batch, lr_scaling=rule)
+    assert learning_rate(train) == pytest.approx(expected)
+    assert learning_rate(TrainConfig(base_lr=4e-3, global_batch=batch, lr_scaling=rule, lr=3e-4)) == 3e-4  # given: kept
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("steps,expected", [(0, 4), (10, 10)])
+def test_warm_up_lasts_at_least_warmup_steps(tmp_path, steps, expected):
+    # 16 optimizer steps per epoch: warmup_epochs 0.25 is 4 steps, stretched to warmup_steps when that is longer
+    cfg = load_recipe("tiny", ["train.warmup_epochs=0.25", f"train.warmup_steps={steps}", "train.global_batch=32",
+                               "train.lr=0.01", "train.max_steps=20"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.setup()
+    try:
+        seen = []
+        for _ in range(12):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.scheduler.step()
+    finally:
+        trainer.cleanup()
+    assert seen[expected - 1] == pytest.approx(0.01) and seen[expected - 2] == pytest.approx(0.01 * (expected - 1) / expected)
