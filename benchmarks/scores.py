@@ -14,8 +14,9 @@ distance of each generated point from its true conditional mean (truth: sin 45 d
 head that collapses to the mean gives about 0), training and sampling time.
 alpha: the energy score with alpha in {1, 1.5, 1.99, 2} on the same task, and a PNG with the
 generated (previous point -> next point turn) scatter: alpha = 2 collapses toward the mean.
-mnist: recipes mnist-ear / -gaussian / -gmm / -diffusion (same backbone and budget), scored by
-benchmarks/mnist_quality.py's classifier accuracy and feature Frechet distance.
+mnist: recipes mnist-ear / -gaussian / -gmm / -diffusion (same backbone and budget), each over the
+mnist-ae latents and over 4x4 pixel patches, scored by benchmarks/mnist_quality.py's classifier
+accuracy and feature Frechet distance.
 speed: energy vs diffusion sampling at benchmarks/speed.py's shape (64 tokens of 16 values,
 width 256, 64 generation steps, CFG 3; diffusion with 100 denoising steps).
 """
@@ -155,22 +156,32 @@ def speed(device: torch.device) -> None:
     print(f"diffusion / energy sampling time at 64 steps, 100 denoising steps: {rows['diffusion'] / rows['energy']:.1f}x")
 
 
-def mnist(epochs: int, workdir: Path, per_class: int) -> None:
+MNIST_RECIPES = ("mnist-ear", "mnist-gaussian", "mnist-gmm", "mnist-diffusion")
+# The recipes model the mnist-ae tokenizer's latents; in pixel space each goes back to 4x4 patches
+# of 16 values with mnist-ear-pixels' sampling settings (and the energy generator's width 128).
+PIXELS = ["model.tokenizer={name: patch, shape: [1, 28, 28], patch: [4, 4]}", "sample.num_steps=16", "sample.cfg=4.0"]
+PIXEL_FIXES = {"mnist-ear": ["model.score.width=128"], "mnist-diffusion": ["model.score.clip_x0=3.0"]}  # pixels: [-0.5, 2.8]
+
+
+def mnist(epochs: int, workdir: Path, per_class: int, spaces: list[str]) -> None:
     from mnist_quality import evaluate, train_classifier
 
     cnn = train_classifier()
-    print(f"| recipe ({epochs} epochs) | accuracy | FD(gen, real) | FD(real, real) | s / image | train time |")
-    print("|---|---|---|---|---|---|")
-    for recipe in ("mnist-ear", "mnist-gaussian", "mnist-gmm", "mnist-diffusion"):
-        cfg = load_recipe(recipe, [f"train.epochs={epochs}", "train.sample_every=null", "train.checkpoint_every=null"])
-        start = time.perf_counter()
-        folder = train(cfg, output=workdir / recipe, progress=False)
-        seconds = time.perf_counter() - start
-        model, _ = load_model(folder)
-        s = cfg.sample
-        r = evaluate(model, cnn, per_class=per_class, cfg=s.cfg, temperature=s.temperature, steps=s.num_steps)
-        print(f"| {recipe} | {r['accuracy']:.1%} | {r['fd_gen_real']:.1f} | {r['fd_real_real']:.1f} | "
-              f"{r['seconds_per_image']:.3f} | {seconds / 60:.1f} min |", flush=True)
+    print(f"| recipe ({epochs} epochs) | tokens | accuracy | FD(gen, real) | FD(real, real) | s / image | train time |")
+    print("|---|---|---|---|---|---|---|")
+    for recipe in MNIST_RECIPES:
+        for space in spaces:
+            overrides = PIXELS + PIXEL_FIXES.get(recipe, []) if space == "pixel" else []
+            cfg = load_recipe(recipe, [*overrides, f"train.epochs={epochs}", "train.sample_every=null",
+                                       "train.checkpoint_every=null"])
+            start = time.perf_counter()
+            folder = train(cfg, output=workdir / f"{recipe}-{space}", progress=False)
+            seconds = time.perf_counter() - start
+            model, _ = load_model(folder)
+            s = cfg.sample
+            r = evaluate(model, cnn, per_class=per_class, cfg=s.cfg, temperature=s.temperature, steps=s.num_steps)
+            print(f"| {recipe} | {space} | {r['accuracy']:.1%} | {r['fd_gen_real']:.1f} | {r['fd_real_real']:.1f} | "
+                  f"{r['seconds_per_image']:.3f} | {seconds / 60:.1f} min |", flush=True)
 
 
 def main() -> None:
@@ -178,6 +189,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=["toy", "alpha", "mnist", "speed"], default=["toy", "alpha", "mnist", "speed"])
     parser.add_argument("--rules", nargs="+", choices=list(TOY_RULES), default=list(TOY_RULES), help="for the toy section")
     parser.add_argument("--mnist-epochs", type=int, default=4)
+    parser.add_argument("--mnist-space", nargs="+", choices=["latent", "pixel"], default=["latent", "pixel"],
+                        help="tokens of the MNIST section: the mnist-ae latents, 4x4 pixel patches, or both")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--device", default="cpu", help="for the speed section")
     parser.add_argument("--out", default="benchmarks/out", help="folder for the figures")
@@ -197,7 +210,7 @@ def main() -> None:
             turn_histograms(results, out / "alpha_turns.png")
             print(f"figure: {out / 'alpha_turns.png'} (turn angles; truth: two spikes at +-45 degrees)")
         if "mnist" in args.only:
-            mnist(args.mnist_epochs, workdir, args.per_class)
+            mnist(args.mnist_epochs, workdir, args.per_class, args.mnist_space)
         if "speed" in args.only:
             speed(torch.device(args.device))
 

@@ -13,7 +13,9 @@ are the recipe's):
   sampling batch 128, 64 steps, CFG 3 linear, temperature 0.7.
 - ``mar-b``: MAR-B (12 + 12 blocks of width 768, diffusion head 6 x 1024, batch x 4); train
   micro-batch 64; sampling batch 64, 64 steps, CFG 3 linear, 100 diffusion steps.
-- ``mnist``: the ``mnist-ear`` recipe (49 tokens of 16); train batch 64; sampling batch 100, 16 steps, CFG 4.
+- ``mnist``: the ``mnist-ear`` recipe's AR model (49 latent tokens of 4, generator width 64); train batch 64;
+  sampling batch 100, 32 steps, CFG 3.5 (the tokenizer is left out: it is a frozen encoder and decoder).
+- ``mnist-pixels``: ``mnist-ear-pixels`` (49 patches of 16, generator width 128); 16 steps, CFG 4.
 
 A train step is forward (under bf16 autocast with ``--dtype bf16``), backward and the AdamW step
 (fused on CUDA), as in ``carl.train``; the EMA update is timed on its own row. ``compiled`` runs
@@ -80,6 +82,12 @@ SHAPES = {
         train_batch=64, sample_batch=64, sample={"num_steps": 64, "cfg": 3.0},
     ),
     "mnist": Shape(
+        _model(49, 4, 10, 4, {"width": 128, "encoder_depth": 3, "depth": 2, "heads": 4, "dropout": 0.0, "attn_dropout": 0.0},
+               {"name": "energy", "alpha": 1.0, "num_samples": 4, "batch_mul": 1, "depth": 3, "width": 64, "noise_dim": 64},
+               {"name": "masked", "mask_ratio_min": 0.4}),
+        train_batch=64, sample_batch=100, sample={"num_steps": 32, "cfg": 3.5, "temperature": 0.7}, num_classes=10,
+    ),
+    "mnist-pixels": Shape(
         _model(49, 16, 10, 4, {"width": 128, "encoder_depth": 3, "depth": 2, "heads": 4, "dropout": 0.0, "attn_dropout": 0.0},
                {"name": "energy", "alpha": 1.0, "num_samples": 4, "batch_mul": 1, "depth": 3, "width": 128, "noise_dim": 64},
                {"name": "masked", "mask_ratio_min": 0.4}),

@@ -224,3 +224,60 @@ def test_sample_score_config_refusals(options, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         SampleScoreConfig(**options)
     SampleScoreConfig(num_samples=2, batch_mul=1, depth=1)  # the smallest valid values
+
+
+# ---------------------------------------------------------------------------------------------
+# The diffusion loss's building blocks against closed forms (mutation survivors)
+
+
+def test_normal_kl_matches_torch_distributions():
+    from carl.scores.diffusion import normal_kl
+
+    mean1, log_var1 = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([0.5, -0.7, 0.0])
+    mean2, log_var2 = torch.tensor([-0.2, 0.4, 2.0]), torch.tensor([-0.3, 0.2, 1.1])
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean1, (0.5 * log_var1).exp()),
+                                                 torch.distributions.Normal(mean2, (0.5 * log_var2).exp()))
+    torch.testing.assert_close(normal_kl(mean1, log_var1, mean2, log_var2), expected)
+
+
+def test_discretized_gaussian_likelihood_is_the_mass_of_the_bin():
+    from carl.scores.diffusion import discretized_gaussian_log_likelihood
+
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0])
+    mean, log_scale = torch.tensor([-0.9, -0.45, 0.1, 0.3, 0.8]), torch.tensor([-1.0, -2.0, -1.5, -3.0, -1.0])
+    normal = torch.distributions.Normal(mean, log_scale.exp())
+    below, above = normal.cdf(x + 1 / 255), normal.cdf(x - 1 / 255)
+    expected = torch.cat([below[:1].log(), (below - above)[1:4].log(), (1 - above[4:]).log()])  # edge bins are open
+    # ADM's tanh approximation of the normal CDF is good to ~1e-4 in probability
+    torch.testing.assert_close(discretized_gaussian_log_likelihood(x, mean, log_scale), expected, rtol=0, atol=5e-3)
+
+
+def test_linear_betas_are_float64_and_ho_et_al():
+    from carl.scores.diffusion import betas_for
+
+    betas = betas_for("linear", 1000)
+    assert betas.dtype == torch.float64  # the tables are products over 1000 steps: float32 would drift
+    torch.testing.assert_close(betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(betas_for("linear", 250), torch.linspace(4e-4, 0.08, 250, dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+def test_diffusion_state_holds_only_mar_weights():
+    """The schedule tables are derived, not saved: a checkpoint has MAR's ``diffloss`` keys only."""
+    rule = DiffusionScore(DiffusionScoreConfig(depth=1, width=8), hidden_dim=HIDDEN, token_dim=2)
+    keys = set(rule.state_dict())
+    assert keys and all(key.startswith("net.") for key in keys), sorted(keys)
+    assert not any("freqs" in key for key in keys)
+
+
+def test_diffusion_sample_steps_beyond_train_steps_names_the_field():
+    with pytest.raises(ValueError, match=r"^sample_steps 2000 exceeds train_steps 1000$"):
+        DiffusionScoreConfig(train_steps=1000, sample_steps=2000)
+
+
+def test_generator_noise_follows_the_like_tensor_not_the_generator():
+    """A CPU generator may seed a model on another device: the noise goes where ``like`` lives."""
+    from carl.scores.generator import draw_noise
+
+    like = torch.empty(0, device="meta", dtype=torch.float16)
+    noise = draw_noise(5, 3, "uniform", like, torch.Generator().manual_seed(0))
+    assert noise.device.type == "meta" and noise.dtype == torch.float16 and noise.shape == (5, 3)

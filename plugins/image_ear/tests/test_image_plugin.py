@@ -75,4 +75,6 @@ def test_mnist_recipe_trains_and_draws_a_grid(tmp_path):
     result = CliRunner().invoke(app, ["sample", str(tmp_path), "--labels", "3,7", "--num", "4", "--steps", "4", "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "s.png").size == (4 * 32, 2 * 32)
-    assert load_recipe("mnist-ear").model.tokenizer.options.patch == (4, 4)
+    main, pixels = load_recipe("mnist-ear").model, load_recipe("mnist-ear-pixels").model
+    assert (main.tokenizer.name, main.tokenizer.options.path) == ("autoencoder", "mnist-ae")  # the learned latents
+    assert (pixels.tokenizer.name, pixels.tokenizer.options.patch) == ("patch", (4, 4))
