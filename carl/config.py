@@ -334,7 +334,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys on purpose
                 continue
-            key = self.construct_object(key_node, deep=True)
+            key = self.construct_object(key_node)  # not deep: a recursive key fails as in safe_load
             line = key_node.start_mark.line + 1
             try:
                 if key in lines:
