@@ -159,3 +159,11 @@ def test_gaussian_noise_option():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_score(alpha=1.99)
+
+
+def test_alpha_two_warning_names_the_caller():
+    import carl.scores.energy as energy_module
+
+    with pytest.warns(UserWarning, match=r"^energy score with alpha = 2 is proper but not strictly proper: it only matches the mean$") as caught:
+        EnergyScore(EnergyScoreConfig(alpha=2.0, width=8, depth=1, noise_dim=4), hidden_dim=4, token_dim=2)
+    assert caught[0].filename != energy_module.__file__  # stacklevel: the code that built the rule, not carl's warn call

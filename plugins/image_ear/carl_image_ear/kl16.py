@@ -181,8 +181,9 @@ class KL16Config:
         check_ranges(self)
         if not self.ch_mult:
             raise FieldError("ch_mult", "needs at least one level")
-        if any(self.ch * m % GROUPS for m in self.ch_mult):
-            raise FieldError("ch", f"{self.ch} times each of ch_mult {self.ch_mult} must be a multiple of {GROUPS} (the GroupNorm groups)")
+        if any(self.ch * m % GROUPS for m in (1, *self.ch_mult)):  # 1: conv_in's width, normed by the first block
+            raise FieldError("ch", f"{self.ch} times each of ch_mult {self.ch_mult}, and {self.ch} itself, must be a multiple of {GROUPS} "
+                             "(the GroupNorm groups)")
         if self.image_size % self.stride:
             raise FieldError("image_size", f"{self.image_size} is not a multiple of the stride {self.stride}")
         if any(level >= len(self.ch_mult) for level in self.attn_levels):

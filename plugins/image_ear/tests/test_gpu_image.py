@@ -90,3 +90,17 @@ def test_mnist_ear_in_bf16_with_compile_lowers_the_loss(tmp_path):
     after = loss()
     assert math.isfinite(trainer.last_loss) and after < 0.9 * before, (before, after)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "samples.png").exists()
+
+
+def test_kl16_posterior_draws_from_a_cpu_generator_match_the_cpu():
+    """A CPU generator draws the flips and the posterior noise on the CPU for moments on CUDA too,
+    so a seed gives the same tokens on either device."""
+    tokenizer = KL16Tokenizer(KL16Config(image_size=32, ch=32, ch_mult=(1, 2, 2), attn_levels=(2,), z_channels=4))
+    moments = torch.cat([torch.randn(6, 4, 2, 2), torch.rand(6, 4, 2, 2) - 1], 1)
+    row = {"moments": moments, "moments_flip": moments.flip(-1)}
+    cpu = tokenizer.from_cache(row, generator=torch.Generator().manual_seed(0))
+    cuda = tokenizer.to(CUDA).from_cache({k: v.to(CUDA) for k, v in row.items()}, generator=torch.Generator().manual_seed(0))
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu)
+    plain = tokenizer.tokens_from_moments(moments.to(CUDA), sample=True, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(plain.cpu(), tokenizer.cpu().tokens_from_moments(moments, sample=True, generator=torch.Generator().manual_seed(1)))
