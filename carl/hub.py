@@ -121,6 +121,16 @@ def local_folder(folder: str | Path) -> Path:
     return path
 
 
+def read_config(folder: Path) -> dict:
+    """The parsed ``config.json`` of a local model folder, or one line naming the folder or the
+    file and what is wrong (a corrupt config must not read as a weights error)."""
+    path = local_folder(folder) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise CarlError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def _not_a_model_folder(path: Path) -> str:
     if is_checkpoint(path):
         return (f"{path} is a training checkpoint, not a model folder; `carl sample` reads it as it is, "
@@ -213,16 +223,15 @@ def open_model(reference: str | Path, revision: str | None = None) -> LoadedMode
     folder = resolve_folder(reference, revision)
     if is_checkpoint(folder):
         return _open_checkpoint(folder)
-    if not (folder / CONFIG_FILE).exists():
-        raise CarlError(_not_a_model_folder(folder))
+    read_config(folder)
     check_requirements(folder)
     recipe = _read_recipe(folder) if (folder / RECIPE_FILE).exists() else None  # checked before the weights are read
     try:
         model = ContinuousAR.from_pretrained(folder)
     except CarlError:
         raise
-    except Exception as exc:  # a truncated or corrupt file: say which
-        raise CarlError(f"cannot read the weights {folder / WEIGHTS_FILE}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # unreadable weights are a WeightsError (a CarlError) that names the file
+        raise CarlError(f"cannot load the model in {folder}: {type(exc).__name__}: {exc}") from exc
     return LoadedModel(model.eval(), recipe, folder)
 
 
@@ -265,7 +274,7 @@ def write_model_folder_extras(folder: Path, recipe: RecipeConfig | ModelConfig |
     if isinstance(recipe, RecipeConfig):
         (folder / RECIPE_FILE).write_text(dump_recipe(recipe))
     if recipe is None:
-        recipe = from_dict(ModelConfig, json.loads((folder / CONFIG_FILE).read_text()), "config")
+        recipe = from_dict(ModelConfig, read_config(folder), "config")
     (folder / REQUIREMENTS_FILE).write_text(json.dumps(requirements(recipe), indent=2))
     if figures:
         (folder / RESULTS_FILE).write_text(json.dumps(figures, indent=2, default=str))

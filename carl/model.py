@@ -177,10 +177,13 @@ class ContinuousAR(
             carl.plugins.CarlError: the model needs a carl plugin that is not installed: the
                 message gives the ``pip install`` line.
         """
-        from carl.hub import is_checkpoint, open_model
+        from carl.hub import is_checkpoint, open_model, read_config
 
-        if Path(pretrained_model_name_or_path).is_dir() and is_checkpoint(Path(pretrained_model_name_or_path)):
-            return open_model(pretrained_model_name_or_path).model.to(map_location)
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            if is_checkpoint(folder):
+                return open_model(folder).model.to(map_location)
+            read_config(folder)  # a missing or corrupt config.json named in one line, before the mixin reads it
         return super().from_pretrained(
             pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
             force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,

@@ -97,7 +97,7 @@ def test_every_network_class_name_counts_even_through_a_subclass(name):
 
 
 @pytest.mark.parametrize("reference, path", [
-    ("./model", True), ("/abs/model", True), ("~/model", True), ("\\\\server\\share", True), ("runs/x/", True),
+    ("./model", True), ("/model", True), ("model/", True), ("/abs/model", True), ("~/model", True), ("\\\\server\\share", True), ("runs/x/", True),
     ("runs\\x\\", True), ("runs/x/checkpoints", True), ("model", False), ("me/model", False), ("me/model.v2", False),
 ])
 def test_what_only_a_path_can_be(reference, path):
