@@ -21,7 +21,8 @@ from carl.plugins import CarlError
 def trained(tmp_path_factory) -> Path:
     """A finished tiny run with three checkpoints (steps 2, 4 and 6)."""
     out = tmp_path_factory.mktemp("run")
-    return carl.train("tiny", {"train.max_steps": 6, "train.checkpoint_every": 2}, output=out, progress=False)
+    return carl.train("tiny", {"train.max_steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3},
+                     output=out, progress=False)
 
 
 def copy(trained: Path, into: Path, *, checkpoints: bool = False) -> Path:
@@ -49,6 +50,7 @@ def test_a_file_is_not_a_folder(tmp_path):
 
 def test_a_run_folder_without_its_config_points_to_its_latest_checkpoint(trained, tmp_path):
     run = copy(trained, tmp_path / "run", checkpoints=True)
+    assert len(list((run / "checkpoints").glob("step-*"))) == 3
     (run / "config.json").unlink()
     expected = (f"{run} is not a model folder (no config.json) but holds training checkpoints: "
                 f"give one of them, e.g. {run / 'checkpoints' / 'step-0000006'}")
@@ -105,7 +107,8 @@ def test_a_folder_saved_without_a_recipe_opens_but_cannot_train_or_evaluate(trai
 
 def test_a_loaded_model_carries_its_recipe_folder_and_data(trained):
     loaded = open_model(trained)
-    expected = carl.load_recipe("tiny", ["train.max_steps=6", "train.checkpoint_every=2", f"output={trained}"])
+    expected = carl.load_recipe("tiny", ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+                                         f"output={trained}"])
     assert loaded.folder == trained and loaded.recipe == expected
     source = loaded.data_source()
     assert type(source) is type(loaded.recipe.data.build("datasets"))
