@@ -168,7 +168,8 @@ class ContinuousAR(
             force_download: download again even if cached.
             local_files_only: never reach the Hub; use the cache only.
             map_location: the device to load the weights on.
-            strict: fail on missing or unexpected tensors.
+            strict: kept for the Hub mixin's signature: carl always refuses missing or
+                unexpected tensors.
 
         Returns:
             The model, in eval mode (call ``.train()`` to fine-tune it).
@@ -410,7 +411,7 @@ class ContinuousAR(
             if self.order.attention == "bidirectional":
                 tokens = self._generate_bidirectional(cond, order, steps, **sampler)
             else:
-                static = device.type == "cuda" if static_shapes is None else static_shapes
+                static = static_by_default(device) if static_shapes is None else static_shapes
                 tokens = self._generate_causal(cond, order, steps, prompt=prompt, static=static, **sampler)
         finally:
             self.train(was_training)
@@ -465,6 +466,12 @@ class ContinuousAR(
         tokens = torch.empty_like(ordered)
         tokens.scatter_(1, order[..., None].expand_as(ordered), ordered)
         return tokens
+
+
+def static_by_default(device: torch.device) -> bool:
+    """Whether causal decoding uses the fixed-shape KV cache when not told: on CUDA, where
+    compiled steps and CUDA graphs need it; a CPU runs the growing cache faster."""
+    return device.type == "cuda"
 
 
 def _with_resolved_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:

@@ -58,7 +58,7 @@ MODULES: dict[str, Module] = {
     "backbone": Module(("carl/backbone.py",), ("tests/test_backbone.py", "tests/test_model.py",
                                                "tests/test_guidance_direction.py", "tests/test_official_compat.py")),
     "weights": Module(("carl/weights.py",), ("tests/test_weights.py", "tests/test_strict_loading.py")),
-    "model": Module(("carl/model.py",), ("tests/test_model.py", "tests/test_generation_consistency.py", "plugins/image_ear/tests/test_convert.py", "tests/test_guidance_direction.py", "tests/test_hub.py",
+    "model": Module(("carl/model.py",), ("tests/test_model.py", "tests/test_model_api.py", "tests/test_hub_folders.py", "tests/test_generation_consistency.py", "plugins/image_ear/tests/test_convert.py", "tests/test_guidance_direction.py", "tests/test_hub.py",
                                          "tests/test_model_folder.py", "tests/test_strict_loading.py",
                                          "tests/test_official_compat.py")),
     "config": Module(("carl/config.py",), ("tests/test_config.py", "tests/test_cli.py")),
