@@ -266,3 +266,32 @@ def test_resolved_tokenizer_options_replace_the_configs():
     assert _with_resolved_tokenizer(given, SimpleNamespace(config=Options(path="ae"))) is given  # nothing new
     assert _with_resolved_tokenizer(given, SimpleNamespace(config="other")) is given  # not options of this kind
     assert _with_resolved_tokenizer(given, SimpleNamespace()) is given  # a tokenizer without a config
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs of the causal backbone, written out by hand
+
+
+@pytest.mark.parametrize("order", ["causal", "random"])
+def test_causal_inputs_add_positions_and_next_queries(order):
+    torch.manual_seed(0)
+    model = ContinuousAR(load_recipe("tiny", [f"model.order={order}"]).model)
+    bb = model.backbone
+    with torch.no_grad():  # embeddings far from their (near-)zero init, so a sign slip shows
+        bb.pos_embed.normal_()
+        if bb.query_embed is not None:
+            bb.query_embed.normal_()
+    b, n, d = 3, model.tokenizer.num_tokens, model.tokenizer.token_dim
+    tokens, cond = torch.randn(b, n, d), torch.randn(b, bb.buffer, bb.pos_embed.shape[-1])
+    perm = torch.stack([torch.randperm(n) for _ in range(b)])
+    ordered = tokens.gather(1, perm[..., None].expand(-1, -1, d))
+    rows = []
+    for r in range(b):  # row by row, position by position
+        prefix = cond[r] + bb.pos_embed[0, : bb.buffer]
+        inputs = [bb.token_proj(ordered[r, j]) + bb.pos_embed[0, bb.buffer + perm[r, j]] for j in range(n - 1)]
+        if bb.query_embed is not None:
+            prefix = torch.cat([prefix[:-1], prefix[-1:] + bb.query_embed[0, perm[r, 0]]])
+            inputs = [x + bb.query_embed[0, perm[r, j + 1]] for j, x in enumerate(inputs)]
+        rows.append(torch.cat([prefix, torch.stack(inputs)]))
+    expected = bb(torch.stack(rows), causal=True)[:, bb.buffer - 1 :]
+    torch.testing.assert_close(model._hidden_causal(ordered, cond, perm), expected)
