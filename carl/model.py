@@ -284,9 +284,9 @@ class ContinuousAR(
         bb = self.backbone
         if bb.config.encoder_depth:
             return self._hidden_encoder_decoder(tokens, cond, known, known_index)
-        x = bb.token_proj(tokens)  # (B, N, C)
-        x = torch.where(known[..., None], x, bb.mask_token.to(x.dtype))
-        x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.pos_embed  # (B, S + N, C)
+        x = bb.token_proj(tokens.to(bb.pos_embed.dtype))  # (B, N, C); tokens are float32, the model may be bf16
+        x = torch.where(known[..., None], x, bb.mask_token)  # where and cat promote under autocast
+        x = torch.cat([cond, x], dim=1) + bb.pos_embed  # (B, S + N, C)
         return bb(x, causal=False)[:, bb.buffer :]
 
     def _hidden_encoder_decoder(self, tokens, cond, known, known_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -295,13 +295,13 @@ class ContinuousAR(
         ``known_index`` the kept rows are gathered and scattered back (fixed shapes, no host sync)."""
         bb = self.backbone
         b, s = tokens.shape[0], bb.buffer
-        x = bb.token_proj(tokens)
-        x = torch.cat([cond.to(x.dtype), x], dim=1) + bb.encoder_pos_embed
+        x = bb.token_proj(tokens.to(bb.pos_embed.dtype))
+        x = torch.cat([cond, x], dim=1) + bb.encoder_pos_embed
         if known_index is None:
             keep = torch.cat([known.new_ones(b, s), known], dim=1)  # (B, S + N)
             encoded = bb.decoder_embed(bb.encode(x[keep].view(b, -1, x.shape[-1])))
-            y = bb.mask_token.to(encoded.dtype).expand(b, keep.shape[1], -1).clone()
-            y[keep] = encoded.flatten(0, 1)
+            y = bb.mask_token.to(encoded.dtype).expand(b, keep.shape[1], -1).clone()  # index_put and scatter_
+            y[keep] = encoded.flatten(0, 1)  # need one dtype (the encoder's is bf16 under autocast)
         else:
             buffer = torch.arange(s, device=known_index.device).expand(b, s)
             keep = torch.cat([buffer, known_index + s], dim=1)  # (B, S + K), ascending like the mask
@@ -314,7 +314,7 @@ class ContinuousAR(
         """Token embeddings ``(B, L, C)`` at their positions, plus (random orders) the query of the
         position each input predicts next."""
         bb = self.backbone
-        x = bb.token_proj(ordered) + bb.pos_embed[0, bb.buffer :][positions]
+        x = bb.token_proj(ordered.to(bb.pos_embed.dtype)) + bb.pos_embed[0, bb.buffer :][positions]
         if bb.query_embed is not None:
             x = x + bb.query_embed[0][next_positions]
         return x
@@ -452,7 +452,7 @@ class ContinuousAR(
         given = 0 if prompt is None else prompt.shape[1]
         if given:  # the prompt goes through in the same pass as the condition
             ordered[:, :given] = prompt.to(ordered)
-            tokens = ordered[:, :given].repeat(rows, 1, 1).to(cond.dtype)
+            tokens = ordered[:, :given].repeat(rows, 1, 1)
             x = torch.cat([x, self._causal_inputs(tokens, order_rows[:, :given], order_rows[:, 1 : given + 1])], dim=1)
         hidden = self.backbone(x, causal=True, cache=cache)[:, -1].contiguous()  # the strides of every later step
         for i, known_after in enumerate(steps):
@@ -460,7 +460,7 @@ class ContinuousAR(
                 continue
             ordered[:, i] = self._sample(hidden, known_after, **sampler)
             if i + 1 < n:
-                token = ordered[:, i : i + 1].repeat(rows, 1, 1).to(cond.dtype)
+                token = ordered[:, i : i + 1].repeat(rows, 1, 1)
                 x = self._causal_inputs(token, order_rows[:, i : i + 1], order_rows[:, i + 1 : i + 2])
                 hidden = self.backbone(x, causal=True, cache=cache)[:, -1]
         tokens = torch.empty_like(ordered)

@@ -295,3 +295,40 @@ def test_causal_inputs_add_positions_and_next_queries(order):
         rows.append(torch.cat([prefix, torch.stack(inputs)]))
     expected = bb(torch.stack(rows), causal=True)[:, bb.buffer - 1 :]
     torch.testing.assert_close(model._hidden_causal(ordered, cond, perm), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# reduced precision
+
+
+ORDERS = [("causal", 0), ("random", 0), ("masked", 0), ("masked", 2)]  # (order, encoder depth)
+
+
+def build(order: str, encoder_depth: int) -> ContinuousAR:
+    torch.manual_seed(0)
+    return ContinuousAR(load_recipe("tiny", [f"model.order={order}", f"model.backbone.encoder_depth={encoder_depth}"]).model)
+
+
+@pytest.mark.parametrize("order, encoder_depth", ORDERS)
+def test_a_bf16_model_samples_and_scores_in_every_order(order, encoder_depth):
+    """Regression: float32 tokens reached a bf16 token projection in the masked orders (and in the
+    causal loss), which failed with a dtype mismatch."""
+    model = build(order, encoder_depth).to(torch.bfloat16)
+    prompt = torch.randn(2, 3, 2) if order == "causal" else None
+    out = model.generate(torch.arange(2), num_steps=4, cfg=2.0, prompt=prompt, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8, 2) and out.dtype == torch.float32 and out.isfinite().all()
+    loss = model.loss({"data": torch.randn(2, 8, 2), "condition": torch.arange(2)})
+    assert loss.isfinite()
+
+
+def test_mars_encoder_decoder_runs_under_autocast_with_and_without_known_index():
+    """Under bf16 autocast the encoder's output is bf16 while the mask token is float32: the rows
+    written back (index_put, scatter_) need one dtype."""
+    model = build("masked", 2)
+    tokens, cond = torch.randn(2, 8, 2), model.conditioner(torch.arange(2), 2)
+    known = torch.zeros(2, 8, dtype=torch.bool)
+    known[:, [1, 4, 6]] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masked = model._hidden_encoder_decoder(tokens, cond, known)
+        gathered = model._hidden_encoder_decoder(tokens, cond, known, torch.tensor([[1, 4, 6], [1, 4, 6]]))
+    torch.testing.assert_close(gathered, masked)
