@@ -69,7 +69,8 @@ def test_the_progress_bar_follows_progress_and_the_terminal(model, monkeypatch):
     monkeypatch.setattr(model_module, "interactive", lambda progress: progress)  # as on a terminal
     model.generate(torch.arange(2), progress=True)
     model.generate(torch.arange(2), progress=False)
-    assert [kw["disable"] for _, kw in bars] == [False, True]
+    model.generate(torch.arange(2))  # no bar unless asked, even on a terminal
+    assert [kw["disable"] for _, kw in bars] == [False, True, True]
     assert {(kw["desc"], kw["leave"]) for _, kw in bars} == {("generating", False)}
 
 
@@ -84,10 +85,12 @@ def test_temperature_and_guidance_reach_the_scoring_rule(model, monkeypatch):
 def test_the_static_cache_is_the_default_on_cuda_only(model, monkeypatch):
     assert static_by_default(torch.device("cuda")) is True and static_by_default(torch.device("cpu")) is False
     decodes = spy(monkeypatch, model, "_generate_causal")
+    caches = spy(monkeypatch, model.backbone, "new_cache")
     model.generate(torch.arange(2))
     model.generate(torch.arange(2), static_shapes=True)
     model.generate(torch.arange(2), static_shapes=False)
     assert [kw["static"] for _, kw in decodes] == [False, True, False]
+    assert [kw["static"] for _, kw in caches] == [False, True, False]
 
 
 def test_generate_refuses_what_it_cannot_do_in_one_line(model, masked):
@@ -164,7 +167,8 @@ def test_save_pretrained_can_push_under_the_folders_name(trained, tmp_path, monk
                                 private=True)
     assert url == "https://huggingface.co/tiny-v1/commit/1"
     assert {"recipe.yaml", "results.json"} <= {p.name for p in (tmp_path / "tiny-v1").iterdir()}
-    assert apis[0].calls[0] == ("create_repo", "tiny-v1", True) and "recipe.yaml" in apis[0].calls[1][3]
+    assert apis[0].calls[0] == ("create_repo", "tiny-v1", True)
+    assert {"recipe.yaml", "results.json"} <= set(apis[0].calls[1][3])  # the pushed copy has them too
     model.save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="me/named")
     assert apis[1].calls[0] == ("create_repo", "me/named", False)
 
@@ -277,6 +281,7 @@ def test_causal_inputs_add_positions_and_next_queries(order):
     torch.manual_seed(0)
     model = ContinuousAR(load_recipe("tiny", [f"model.order={order}"]).model)
     bb = model.backbone
+    assert (bb.query_embed is not None) == (order == "random")  # only a random order needs next-position queries
     with torch.no_grad():  # embeddings far from their (near-)zero init, so a sign slip shows
         bb.pos_embed.normal_()
         if bb.query_embed is not None:
@@ -332,3 +337,23 @@ def test_mars_encoder_decoder_runs_under_autocast_with_and_without_known_index()
         masked = model._hidden_encoder_decoder(tokens, cond, known)
         gathered = model._hidden_encoder_decoder(tokens, cond, known, torch.tensor([[1, 4, 6], [1, 4, 6]]))
     torch.testing.assert_close(gathered, masked)
+
+
+def test_unreadable_weights_name_the_file_and_the_error(trained, tmp_path):
+    from carl.weights import WeightsError
+
+    folder = shutil.copytree(trained, tmp_path / "cut", ignore=shutil.ignore_patterns("checkpoints"))
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(WeightsError, match=f"^cannot read the weights {folder / 'model.safetensors'}: SafetensorError: "):
+        ContinuousAR.from_pretrained(folder)
+
+
+def test_a_config_from_json_is_checked_and_the_tokenizer_frozen():
+    from carl.config import RecipeError, to_dict
+
+    with pytest.raises(RecipeError, match=r"^unknown recipe key 'config\.typo'"):
+        ContinuousAR({**to_dict(load_recipe("tiny").model), "typo": 1})
+    model = ContinuousAR(to_dict(load_recipe("tiny", ["model.tokenizer={name: autoencoder}"]).model))
+    params = list(model.tokenizer.parameters())
+    assert params and not any(p.requires_grad for p in params)  # trained separately, never by the AR loss
