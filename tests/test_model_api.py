@@ -357,3 +357,17 @@ def test_a_config_from_json_is_checked_and_the_tokenizer_frozen():
     model = ContinuousAR(to_dict(load_recipe("tiny", ["model.tokenizer={name: autoencoder}"]).model))
     params = list(model.tokenizer.parameters())
     assert params and not any(p.requires_grad for p in params)  # trained separately, never by the AR loss
+
+
+def test_a_tokenizer_folder_s_architecture_is_written_into_the_config(tmp_path):
+    """config.json must rebuild the model without the tokenizer folder: the options read from the
+    folder replace the recipe's ``path`` shorthand."""
+    from carl.config import to_dict
+    from carl.tokenizers.pretrained import save_tokenizer
+
+    base = ContinuousAR(load_recipe("tiny", ["model.tokenizer={name: autoencoder, latent_channels: 8}"]).model)
+    folder = save_tokenizer(base.tokenizer, "autoencoder", tmp_path / "ae")
+    model = ContinuousAR(load_recipe("tiny", [f"model.tokenizer={{name: autoencoder, path: {folder}}}"]).model)
+    assert model.config.tokenizer.options == model.tokenizer.config
+    assert model.config.tokenizer.options.latent_channels == 8
+    assert to_dict(model.config.tokenizer) != to_dict(load_recipe("tiny", [f"model.tokenizer={{name: autoencoder, path: {folder}}}"]).model.tokenizer)
