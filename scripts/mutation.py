@@ -65,9 +65,10 @@ MODULES: dict[str, Module] = {
     "hub": Module(("carl/hub.py",), ("tests/test_hub.py", "tests/test_hub_errors.py", "tests/test_hub_folders.py",
                                      "tests/test_hub_publishing.py", "tests/test_model_folder.py", "tests/test_strict_loading.py",
                                      "tests/test_cli.py")),
-    "train": Module(("carl/train.py",), ("tests/test_train_schedule.py", "tests/test_train.py", "tests/test_checkpoints.py",
+    "train": Module(("carl/train.py",), ("tests/test_train_schedule.py", "tests/test_trainer_outputs.py", "tests/test_train.py", "tests/test_checkpoints.py",
                                          "tests/test_interruptions.py", "tests/test_run_folder.py", "tests/test_logs.py",
-                                         "tests/test_accel.py")),
+                                         "tests/test_accel.py", "tests/test_data_checks.py", "tests/test_ranges.py",
+                                         "plugins/image_ear/tests/test_cache.py", "plugins/image_ear/tests/test_eval.py")),
     "convert": Module(("carl_image_ear/convert.py",), ("plugins/image_ear/tests/test_convert.py",)),
     "kl16": Module(("carl_image_ear/kl16.py",), ("plugins/image_ear/tests/test_kl16.py",)),
 }
