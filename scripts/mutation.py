@@ -98,7 +98,9 @@ def prepare(name: str, module: Module) -> Path:
         f"only_mutate = {json.dumps(list(module.files))}",
         f"also_copy = {json.dumps(list(TEST_DIRS))}",
         f"pytest_add_cli_args_test_selection = {json.dumps(list(module.tests))}",
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore"]',
+        # one pytest session per mutant: keep none of their temporary folders (training runs
+        # write checkpoints, and a module's run would otherwise leave tens of GB behind)
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore", "-o", "tmp_path_retention_policy=none"]',
         "use_git_change_detection = false",
         "",
     ])
@@ -111,7 +113,9 @@ def run_module(name: str, jobs: int, sample: int | None, seed: int) -> dict:
     module = MODULES[name]
     scratch = prepare(name, module)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutants must shadow the sources
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="")
+    (scratch / "tmp").mkdir()
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="",
+               TMPDIR=str(scratch / "tmp"))  # the tests' temporary folders go with the scratch copy
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(jobs), str(sample or 0), str(seed)]
     start = time.perf_counter()
     log = scratch / "mutmut.log"
@@ -120,6 +124,7 @@ def run_module(name: str, jobs: int, sample: int | None, seed: int) -> dict:
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"mutmut failed on module '{name}' (exit {code}); log: {log}\n{tail}")
+    shutil.rmtree(scratch / "tmp", ignore_errors=True)
     result = json.loads((scratch / "result.json").read_text())
     result["seconds"] = time.perf_counter() - start
     return result
