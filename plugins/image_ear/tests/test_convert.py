@@ -553,3 +553,13 @@ def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_
     with pytest.raises(FieldError, match=r"^ch_mult\[1\] 0 is out of range; allowed: >= 1$"):
         convert_kl16(str(tmp_path / "narrow.ckpt"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_recipe_samples_at_each_paper_s_temperature(converted, tmp_path):
+    """EAR samples at temperature 0.7, MAR at 1.0, both with linear CFG 3.0 over 64 steps."""
+    from carl_image_ear.convert import official_recipe
+
+    model, _, _ = converted
+    for kind, temperature in (("ear", 0.7), ("mar", 1.0)):
+        sample = official_recipe(kind, model.config, None, tmp_path).sample
+        assert (sample.temperature, sample.cfg, sample.cfg_schedule, sample.num_steps) == (temperature, 3.0, "linear", 64)
