@@ -17,6 +17,17 @@ OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=4", "train.log_every=4
              "train.lr_schedule=cosine", "train.warmup_epochs=0.125"]  # tiny: 16 steps per epoch, warm-up 2 steps
 
 
+def spy(monkeypatch, owner, name, record):
+    """Wrap ``owner.name`` so every call's positional arguments and result reach ``record``."""
+    original = getattr(owner, name)
+
+    def wrapper(self, *args):
+        result = original(self, *args)
+        record(args, result)
+        return result
+    monkeypatch.setattr(owner, name, wrapper)
+
+
 @pytest.fixture  # per test, not per module: mutmut credits a shared fixture's calls to the first test only
 def run(tmp_path, monkeypatch):
     """One tiny run of 8 steps (2 s) with its logged windows, per-step losses, logged images and
@@ -25,14 +36,10 @@ def run(tmp_path, monkeypatch):
     windows, losses, images, figures = [], [], [], []
     readings = iter(range(0, 10_000, 2))
     monkeypatch.setattr("carl.train.time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
-    original_step, original_log, original_image, original_figures = (TrainingLog.step, Trainer._log, TrainingLog.image,
-                                                                      Trainer._figures)
-    monkeypatch.setattr(TrainingLog, "step", lambda self, stats: (windows.append(stats), original_step(self, stats))[1])
-    monkeypatch.setattr(Trainer, "_log", lambda self, loss, norm, rate: (losses.append(loss.clone()),
-                                                                         original_log(self, loss, norm, rate))[1])
-    monkeypatch.setattr(TrainingLog, "image", lambda self, tag, path, step: (images.append((tag, path, step)),
-                                                                             original_image(self, tag, path, step))[1])
-    monkeypatch.setattr(Trainer, "_figures", lambda self: (figures.append(original_figures(self)), figures[-1])[1])
+    spy(monkeypatch, TrainingLog, "step", lambda args, _: windows.append(args[0]))
+    spy(monkeypatch, Trainer, "_log", lambda args, _: losses.append(args[0].clone()))
+    spy(monkeypatch, TrainingLog, "image", lambda args, _: images.append(args))
+    spy(monkeypatch, Trainer, "_figures", lambda _, result: figures.append(result))
     cfg = load_recipe("tiny", OVERRIDES + [f"output={out}"])
     carl.train(cfg, output=out, progress=False)
     return SimpleNamespace(out=out, cfg=cfg, windows=windows, losses=losses, images=images, figures=figures)
