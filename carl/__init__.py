@@ -8,9 +8,8 @@ The Python API (see docs/python.md)::
     samples = model.generate(torch.arange(4), num_steps=8)
 """
 
-__version__ = "0.1.0"
-
-from carl.plugins import load_plugins, registry  # noqa: E402
+from carl.plugins import load_plugins, registry
+from carl.version import __version__
 
 __all__ = ["__version__", "load_plugins", "registry", "ContinuousAR", "RecipeConfig", "load_recipe", "train"]
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from carl.config import RecipeError
-from carl.plugins import CarlError
+from carl.errors import CarlError, CheckpointError, RecipeError
 from carl.state_files import load_tree, rng_state, save_tree, set_rng_state
 
 CHECKPOINTS = "checkpoints"
@@ -37,10 +36,6 @@ SCHEDULER = "scheduler.safetensors"
 SCALER = "scaler.safetensors"
 TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"step-(\d+)")
-
-
-class CheckpointError(CarlError):
-    """No usable checkpoint, or one that does not fit the run resuming from it."""
 
 
 # -- layout ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from carl.plugins import CarlError
+from carl.version import __version__
 
 try:  # recent typers vendor click as typer._click; older ones use click itself
     from typer._click.exceptions import ClickException
@@ -36,7 +37,6 @@ _state = {"debug": False}
 
 def _print_version(value: bool) -> None:
     if value:
-        from carl import __version__
 
         typer.echo(f"carl {__version__}")
         raise typer.Exit()

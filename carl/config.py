@@ -20,12 +20,9 @@ from typing import Annotated, Any, Literal
 import annotated_types as at
 import yaml
 
-from carl.plugins import CarlError, recipe_files, registry
+from carl.errors import CarlError, RecipeError  # noqa: F401 (CarlError: re-exported)
+from carl.plugins import recipe_files, registry
 from carl.ranges import FieldError, check_ranges, range_violation
-
-
-class RecipeError(CarlError):
-    """A recipe key, value or component name is wrong."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from carl.modelcard import (
     CONFIG_FILE, RECIPE_FILE, REQUIREMENTS_FILE, RESULTS_FILE, SAMPLES_FILE, pip_requirement, write_card,
 )
 from carl.plugins import CarlError, plugin_infos, registry
+from carl.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"  # in a training checkpoint folder
@@ -154,7 +155,6 @@ def is_checkpoint(path: Path) -> bool:
 def requirements(cfg: RecipeConfig | ModelConfig) -> dict:
     """The carl version and the plugins (name -> pip distribution, version) that provide the
     components of a recipe (model and data) or of a model config alone."""
-    from carl import __version__
 
     infos = {i.name: i for i in plugin_infos()}
     data = to_dict(cfg)

@@ -13,12 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from carl.config import RecipeError
-from carl.plugins import CarlError
-
-
-class NonFiniteError(CarlError):
-    """The loss, the gradients or the weights became NaN or infinite."""
+from carl.errors import NonFiniteError, RecipeError
 
 
 class NonFiniteGuard:

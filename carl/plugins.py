@@ -19,6 +19,8 @@ from typing import Any
 import pluggy
 
 from carl import hookspecs
+from carl.errors import CarlError, UnknownComponentError
+from carl.version import __version__
 
 ENTRY_POINT_GROUP = "carl"
 BUILTIN_MODULES = (
@@ -34,15 +36,6 @@ KINDS = {
     "recipes": "recipe folder",
     "pretrained": "pretrained folder",
 }
-
-
-class CarlError(Exception):
-    """An error caused by user input; the CLI prints it as one line."""
-
-
-class UnknownComponentError(CarlError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass
@@ -200,8 +193,6 @@ def load_plugins(force: bool = False) -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
     _load_entry_points(pm, infos)
-    from carl import __version__
-
     for module_name in BUILTIN_MODULES:
         pm.register(importlib.import_module(module_name), name=module_name)
         infos[module_name] = PluginInfo(name=module_name, version=__version__, module=module_name)

@@ -17,16 +17,7 @@ from typing import Annotated, Any
 
 import annotated_types as at
 
-
-class FieldError(ValueError):
-    """A config value outside its range, or one that does not fit another field (raised in a
-    config's ``__post_init__``); ``key`` names the field, so that :func:`carl.config.from_dict`
-    can report the whole key path."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key} {message}")
-        self.key = key
-        self.message = message
+from carl.errors import FieldError
 
 
 _BOUNDS = {at.Gt: ("gt", operator.gt, "(", ">"), at.Ge: ("ge", operator.ge, "[", ">="),

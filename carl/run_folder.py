@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from carl.plugins import CarlError
+from carl.errors import CarlError, FolderInUse
+from carl.version import __version__
 
 STATE_DIR = ".carl"
 RUN_FILE = "run.json"
@@ -27,10 +28,6 @@ CHECKPOINTS = "checkpoints"
 # and moves a foreign file with one of these names aside (NAME.orig) instead of replacing it.
 RUN_OUTPUTS = ("checkpoints", "samples", "samples.png", "reconstructions.png", "config.json", "model.safetensors", "recipe.yaml",
                "carl.json", "README.md", "carl")
-
-
-class FolderInUse(CarlError):
-    """Another live process holds the output folder's lock."""
 
 
 class RunFolder:
@@ -165,7 +162,6 @@ class RunFolder:
         """Record the run's state (``running``, ``finished``, ``interrupted``, ``failed``) in ``.carl/run.json``."""
         path = self.state_dir / RUN_FILE
         record = _read_json(path) or {}
-        from carl import __version__
 
         record.setdefault("created", time.strftime("%Y-%m-%d %H:%M:%S"))
         record.update({"carl": __version__, "status": status, **details})

@@ -16,19 +16,9 @@ import threading
 import torch
 import torch.distributed as dist
 
-from carl.plugins import CarlError
+from carl.errors import TrainingInterrupted  # noqa: F401 (re-exported)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class TrainingInterrupted(CarlError):
-    """The run stopped on a signal after writing a checkpoint; ``exit_code`` is 128 + the signal."""
-
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"interrupted at step {step}; continue with --resume")
-        self.step = step
-        self.signum = signum
-        self.exit_code = 128 + signum
 
 
 class StopOnSignal:

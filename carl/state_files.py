@@ -18,13 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from carl.plugins import CarlError
+from carl.errors import StateFileError
 
 TREE_KEY = "carl.tree"
-
-
-class StateFileError(CarlError):
-    """A state file is missing, unreadable or not what carl wrote."""
 
 
 def save_tree(path: Path, tree: Any) -> None:

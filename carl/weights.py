@@ -9,13 +9,9 @@ import torch
 from huggingface_hub import hf_hub_download
 from torch import nn
 
-from carl.plugins import CarlError
+from carl.errors import WeightsError
 
 HUB_URL = re.compile(r"https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/(?:resolve|blob)/(?P<revision>[^/]+)/(?P<file>.+)")
-
-
-class WeightsError(CarlError, ValueError):
-    """A weights file is missing, unreadable, or does not fit the model."""
 
 
 def resolve_weights(reference: str | Path, default_filename: str) -> Path:
