@@ -22,7 +22,8 @@ import yaml
 
 from carl.errors import CarlError, RecipeError  # noqa: F401 (CarlError: re-exported)
 from carl.plugins import recipe_files, registry
-from carl.ranges import FieldError, check_ranges, range_violation
+from carl.errors import FieldError
+from carl.ranges import check_ranges, range_violation
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class TrainConfig:
     train_temperature: tuple[tuple[Annotated[float, at.Ge(0)], Annotated[float, at.Gt(0)]], ...] = ((0.0, 1.0),)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: Annotated[int, at.Ge(0)] = 0
-    compile: bool = False  # torch.compile the backbone and the scoring rule's network (carl.accel)
+    compile: bool = False  # torch.compile the backbone and the scoring rule's network (carl.training.accel)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     log_every: Annotated[int, at.Ge(1)] = 20
     sample_every: Annotated[int, at.Ge(1)] | None = 500

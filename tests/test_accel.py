@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from carl.accel import DeviceEMA, compile_model, ema_decay, loader_options, optimizer_options
+from carl.model import generation
+from carl.training.accel import DeviceEMA, compile_model, ema_decay, loader_options, optimizer_options
 from carl.model import ContinuousAR
 from carl.orders.base import Plan
 from carl.scores.diffusion import DiffusionScore, DiffusionScoreConfig
@@ -98,9 +99,9 @@ def boolean_mask_generation(model, labels, generator, *, num_steps, cfg, tempera
     known_before = 0
     for known_after in model.order.schedule(n, num_steps):
         known = ranks < known_before
-        hidden = model._hidden_bidirectional(tokens.repeat(2, 1, 1), cond, known.repeat(2, 1))
+        hidden = model.hidden_bidirectional(tokens.repeat(2, 1, 1), cond, known.repeat(2, 1))
         new = (ranks >= known_before) & (ranks < known_after)
-        tokens[new] = model._sample(hidden[new.repeat(2, 1)], known_after, cfg=cfg, cfg_schedule="linear",
+        tokens[new] = generation.sample_step(model, hidden[new.repeat(2, 1)], known_after, cfg=cfg, cfg_schedule="linear",
                                     temperature=temperature, generator=generator)
         known_before = known_after
     return tokens
@@ -168,10 +169,10 @@ def check_kv_cache_sampling(order: str, device: torch.device, dtype: torch.dtype
         ordered = torch.zeros(4, n, model.tokenizer.token_dim, device=device)
         for i in range(n):
             prefix = gen_order.repeat(rows, 1)
-            inputs = model._causal_inputs(ordered[:, :i].repeat(rows, 1, 1), prefix[:, :i], prefix[:, 1 : i + 1])
-            x = torch.cat([model._prefix(cond, prefix[:, 0]), inputs], dim=1)
+            inputs = model.causal_inputs(ordered[:, :i].repeat(rows, 1, 1), prefix[:, :i], prefix[:, 1 : i + 1])
+            x = torch.cat([model.causal_prefix(cond, prefix[:, 0]), inputs], dim=1)
             hidden = model.backbone(x, causal=True)[:, -1]  # no cache: the whole prefix again
-            ordered[:, i] = model._sample(hidden, i + 1, cfg=1.5, cfg_schedule="linear", temperature=1.0, generator=generator)
+            ordered[:, i] = generation.sample_step(model, hidden, i + 1, cfg=1.5, cfg_schedule="linear", temperature=1.0, generator=generator)
     free = torch.empty_like(ordered).scatter_(1, gen_order[..., None].expand_as(ordered), ordered)
     assert cached.abs().mean() > 0.1  # real tokens, not the untrained head's zeros
     torch.testing.assert_close(cached, free, rtol=tol, atol=tol)

@@ -11,13 +11,14 @@ from typer.testing import CliRunner
 from carl.cli import app
 from carl.config import TokenizerRecipeConfig, load_recipe
 from carl.data import ToyConfig, ToySequences
-from carl.hub import load_model
+from carl.model import load_model
 from carl.hookspecs import hookimpl
-from carl.plugins import CarlError, load_plugins, pretrained_folders
+from carl.errors import CarlError
+from carl.plugins import load_plugins, pretrained_folders
 from carl.tokenizers.autoencoder import AutoencoderConfig, AutoencoderTokenizer
 from carl.tokenizers.normalize import measure, normalize
 from carl.tokenizers.pretrained import load_tokenizer, save_tokenizer
-from carl.train import train
+from carl.api import train
 
 FAST = ["train.max_steps=80", "train.checkpoint_every=40", "train.lr_schedule=constant"]
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from carl.backbone import Attention, Backbone, KVCache
+from carl.model.backbone import Attention, Backbone, KVCache
 from carl.config import BackboneConfig
 from carl.model import ContinuousAR
 

@@ -6,10 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from carl.checkpoints import CheckpointError, choose_checkpoint, prune, verify, write_manifest
+from carl.errors import CheckpointError
+from carl.training.checkpoints import choose_checkpoint, prune, verify, write_manifest
 from carl.config import load_recipe
-from carl.state_files import StateFileError, load_tree, save_tree
-from carl.train import train
+from carl.errors import StateFileError
+from carl.training.state_files import load_tree, save_tree
+from carl.api import train
 
 # dropout, accumulation, a cosine schedule with warm-up: every piece of state matters
 EXACT = ["train.checkpoint_every=3", "train.lr_schedule=cosine", "train.warmup_epochs=0.5", "model.backbone.dropout=0.1",

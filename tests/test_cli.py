@@ -9,7 +9,7 @@ import typer
 from carl.cli import app, main
 from carl.config import load_recipe
 from carl.testing import options_without_help
-from carl.train import train
+from carl.api import train
 
 
 def run(argv, capsys):
@@ -59,7 +59,7 @@ def test_local_paths_are_never_looked_up_on_the_hub(argv, message, capsys, monke
     def no_hub(*args, **kwargs):
         raise AssertionError("a local path was looked up on the Hub")
 
-    monkeypatch.setattr("carl.hub.snapshot_download", no_hub)
+    monkeypatch.setattr("carl.remote.snapshot_download", no_hub)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_hub)
     code, out, err = run(argv, capsys)
     assert (code, err) == (1, message + "\n")
@@ -98,7 +98,7 @@ def test_push_without_network_is_one_line_saying_what_to_do(exc, message, tiny_r
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from carl.plugins import CarlError
+    from carl.errors import CarlError
 
     with pytest.raises(CarlError, match="not a carl model folder"):
         main(["--debug", "sample", str(tmp_path)])
@@ -135,8 +135,8 @@ def test_a_broken_render_is_named_and_the_model_folder_is_already_saved(tmp_path
     """A plugin's render that breaks its contract fails after training, naming the contract;
     the model folder was written before anything was drawn."""
     from carl.data import ToySequences
-    from carl.hub import open_model
-    from carl.plugins import CarlError
+    from carl.model import open_model
+    from carl.errors import CarlError
 
     monkeypatch.setattr(ToySequences, "render", lambda self, data: data.numpy(), raising=False)  # float (B, 8, 2)
     cfg = load_recipe("tiny", ["train.max_steps=2", "train.checkpoint_every=null"])

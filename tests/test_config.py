@@ -10,27 +10,8 @@ import yaml
 
 import carl.config
 from carl.conditioners import ClassConditioner, ClassConditionerConfig
-from carl.config import (
-    BackboneConfig,
-    Component,
-    DuplicateKeyError,
-    RecipeConfig,
-    RecipeError,
-    SampleConfig,
-    TokenizerRecipeConfig,
-    TrainConfig,
-    UniqueKeyLoader,
-    apply_overrides,
-    component,
-    dump_recipe,
-    from_dict,
-    load_recipe,
-    merge_recipe,
-    parse_yaml,
-    recipe_class,
-    resolve_recipe_path,
-    to_dict,
-)
+from carl.config import BackboneConfig, Component, DuplicateKeyError, RecipeConfig, SampleConfig, TokenizerRecipeConfig, TrainConfig, UniqueKeyLoader, apply_overrides, component, dump_recipe, from_dict, load_recipe, merge_recipe, parse_yaml, recipe_class, resolve_recipe_path, to_dict
+from carl.errors import RecipeError
 from carl.orders import CausalOrder
 from carl.plugins import load_plugins, recipe_files, registry
 from carl.scores import EnergyScoreConfig, MixtureScoreConfig

@@ -5,12 +5,13 @@ import re
 import pytest
 import torch
 
-from carl.checks import check_data_fits
+from carl.training.checks import check_data_fits
 from carl.config import load_recipe
 from carl.data import ToyConfig, ToySequences
-from carl.plugins import CarlError
+from carl.errors import CarlError
 from carl.tokenizers.patch import PatchTokenizer, PatchTokenizerConfig
-from carl.train import CHECKPOINTS, train
+from carl.api import train
+from carl.layout import CHECKPOINTS
 
 
 @pytest.mark.parametrize("shape", ["[4,2]", "[8,3]", "[16,2]"])

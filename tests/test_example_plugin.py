@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from carl import cli
-from carl.plugins import CarlError, load_plugins
+from carl.errors import CarlError
+from carl.plugins import load_plugins
 from carl.testing import options_without_help
 
 DOCS = Path(__file__).parents[1] / "docs"

@@ -56,8 +56,8 @@ def test_causal_generation_samples_from_the_teacher_forced_hidden_states(order, 
     assert len(draws) == model.tokenizer.num_tokens  # one token per step
     ordered = torch.gather(tokens, 1, order_[..., None].expand_as(tokens))
     with torch.no_grad():
-        want = model._hidden_causal(ordered, model.conditioner(labels, 3), order_)
-        want_uncond = model._hidden_causal(ordered, model.conditioner(None, 3), order_)
+        want = model.hidden_causal(ordered, model.conditioner(labels, 3), order_)
+        want_uncond = model.hidden_causal(ordered, model.conditioner(None, 3), order_)
     for i, (hidden, uncond, drawn) in enumerate(draws):
         torch.testing.assert_close(hidden, want[:, i], **TOL, msg=f"step {i}")
         torch.testing.assert_close(drawn, ordered[:, i], rtol=0, atol=0, msg=f"step {i}")
@@ -78,8 +78,8 @@ def test_a_prompt_is_kept_and_generation_goes_on_from_it_as_in_training(given, m
     assert len(draws) == model.tokenizer.num_tokens - given  # the prompt is read, not drawn
     order = torch.arange(8).expand(2, 8)
     with torch.no_grad():
-        want = model._hidden_causal(tokens, model.conditioner(labels, 2), order)
-        want_uncond = model._hidden_causal(tokens, model.conditioner(None, 2), order)
+        want = model.hidden_causal(tokens, model.conditioner(labels, 2), order)
+        want_uncond = model.hidden_causal(tokens, model.conditioner(None, 2), order)
     for step, (hidden, uncond, drawn) in enumerate(draws, start=given):
         torch.testing.assert_close(hidden, want[:, step], **TOL, msg=f"step {step}")
         torch.testing.assert_close(uncond, want_uncond[:, step], **TOL, msg=f"step {step}")
@@ -102,8 +102,8 @@ def test_masked_generation_samples_from_the_hidden_states_of_the_boolean_mask_pa
         new = ((ranks >= known_before) & (ranks < known_after))  # what this step writes
         visible = torch.where(known[..., None], tokens, torch.zeros_like(tokens))
         with torch.no_grad():
-            want = model._hidden_bidirectional(visible, model.conditioner(labels, 2), known)[new]
-            want_uncond = model._hidden_bidirectional(visible, model.conditioner(None, 2), known)[new]
+            want = model.hidden_bidirectional(visible, model.conditioner(labels, 2), known)[new]
+            want_uncond = model.hidden_bidirectional(visible, model.conditioner(None, 2), known)[new]
         torch.testing.assert_close(hidden, want, **TOL, msg=f"{known_after} known")
         torch.testing.assert_close(drawn, tokens[new], rtol=0, atol=0)
         if cfg != 1.0:
@@ -120,7 +120,7 @@ def test_training_gathers_the_same_targets_as_the_boolean_mask(encoder_depth):
     with torch.no_grad():
         hidden, targets = model.hidden_at_targets(tokens, cond, plan)
         by_mask, mask_targets = model.hidden_at_targets(tokens, cond, Plan(plan.order, plan.known))  # num_known unset
-        reference = model._hidden_bidirectional(tokens, cond, plan.known)[plan.targets]
+        reference = model.hidden_bidirectional(tokens, cond, plan.known)[plan.targets]
     torch.testing.assert_close(hidden, reference, **TOL)
     torch.testing.assert_close(by_mask, reference, **TOL)
     assert torch.equal(targets, tokens[plan.targets]) and torch.equal(mask_targets, targets)

@@ -4,6 +4,7 @@ sees the conditional hidden states as ``hidden`` and the unconditional ones as `
 import pytest
 import torch
 
+from carl.model import generation
 from carl.model import ContinuousAR
 
 from helpers import tiny_model_config
@@ -26,11 +27,11 @@ def test_sample_gives_the_first_half_as_condition_and_the_second_as_unconditiona
     model = ContinuousAR(tiny_model_config("masked"))
     calls = spy_on_sampler(model, monkeypatch)
     cond, uncond = torch.randn(3, 16), torch.randn(3, 16)
-    model._sample(torch.cat([cond, uncond]), 4, cfg=3.0, cfg_schedule="constant", temperature=1.0, generator=None)
+    generation.sample_step(model, torch.cat([cond, uncond]), 4, cfg=3.0, cfg_schedule="constant", temperature=1.0, generator=None)
     (hidden, guidance), = calls
     assert torch.equal(hidden, cond) and torch.equal(guidance.uncond, uncond) and guidance.scale == 3.0
     calls.clear()
-    model._sample(cond, 4, cfg=1.0, cfg_schedule="constant", temperature=1.0, generator=None)
+    generation.sample_step(model, cond, 4, cfg=1.0, cfg_schedule="constant", temperature=1.0, generator=None)
     assert torch.equal(calls[0][0], cond) and calls[0][1] is None  # no guidance: all rows are conditional
 
 
@@ -42,8 +43,8 @@ def test_causal_generation_guides_with_the_labels_against_the_null_class(monkeyp
     model.generate(labels, cfg=2.0, generator=torch.Generator().manual_seed(0))
     order, tokens = torch.arange(8).expand(2, 8), torch.zeros(2, 8, 2)
     with torch.no_grad():  # the first token's hidden state depends on the condition alone
-        want_cond = model._hidden_causal(tokens, model.conditioner(labels, 2), order)[:, 0]
-        want_uncond = model._hidden_causal(tokens, model.conditioner(None, 2), order)[:, 0]
+        want_cond = model.hidden_causal(tokens, model.conditioner(labels, 2), order)[:, 0]
+        want_uncond = model.hidden_causal(tokens, model.conditioner(None, 2), order)[:, 0]
     hidden, guidance = calls[0]
     torch.testing.assert_close(hidden, want_cond, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(guidance.uncond, want_uncond, rtol=1e-5, atol=1e-5)
@@ -59,8 +60,8 @@ def test_masked_generation_guides_with_the_labels_against_the_null_class(monkeyp
     model.generate(label, num_steps=8, cfg=2.0, generator=torch.Generator().manual_seed(0))  # one token per step
     tokens, unknown = torch.zeros(1, 8, 2), torch.zeros(1, 8, dtype=torch.bool)
     with torch.no_grad():  # first step: nothing known, every position's hidden state depends on the condition
-        want_cond = model._hidden_bidirectional(tokens, model.conditioner(label, 1), unknown)[0]  # (N, C)
-        want_uncond = model._hidden_bidirectional(tokens, model.conditioner(None, 1), unknown)[0]
+        want_cond = model.hidden_bidirectional(tokens, model.conditioner(label, 1), unknown)[0]  # (N, C)
+        want_uncond = model.hidden_bidirectional(tokens, model.conditioner(None, 1), unknown)[0]
     hidden, guidance = calls[0]
     position = (want_cond - hidden).abs().sum(-1).argmin()  # the position the order wrote first
     torch.testing.assert_close(hidden[0], want_cond[position], rtol=1e-5, atol=1e-5)

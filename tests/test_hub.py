@@ -9,10 +9,12 @@ from typer.testing import CliRunner
 
 from carl.cli import app
 from carl.config import load_recipe
-from carl.hub import PUBLISHED, load_model, push
+from carl.api import push
+from carl.layout import PUBLISHED
+from carl.model import load_model
 from carl.model import ContinuousAR
-from carl.plugins import CarlError
-from carl.train import train
+from carl.errors import CarlError
+from carl.api import train
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import httpx2
 import pytest
 from huggingface_hub import constants, errors
 
-from carl.hub import _is_network_error, hub_failure, looks_like_path
-from carl.plugins import CarlError
+from carl.remote import _is_network_error, hub_failure, looks_like_path
+from carl.errors import CarlError
 
 
 def http_error(status: int, message: str, kind=errors.HfHubHTTPError) -> errors.HfHubHTTPError:

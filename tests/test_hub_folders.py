@@ -10,11 +10,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import carl
-import carl.hub as hub
-from carl.config import RecipeError
-from carl.hub import is_checkpoint, load_model, local_folder, open_model, read_config, resolve_folder
+import carl.model.folder as folder_format
+import carl.remote as remote
+from carl.errors import RecipeError
+from carl.model import load_model, open_model
+from carl.model.folder import is_checkpoint, local_folder, read_config
+from carl.remote import resolve_folder
 from carl.model import ContinuousAR
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def test_a_corrupt_config_is_named_not_blamed_on_the_weights(trained, tmp_path):
     assert message(ContinuousAR.from_pretrained, folder).startswith(expected)
     with pytest.raises(RecipeError, match=r"unknown recipe key 'config\.typo'"):
         (folder / "config.json").write_text(json.dumps({**read_config(trained), "typo": 1}))
-        hub.write_model_folder_extras(folder)
+        folder_format.write_model_folder_extras(folder)
 
 
 def test_an_unexpected_failure_names_the_folder(trained, monkeypatch):
@@ -139,7 +142,7 @@ def test_a_revision_reaches_the_hub_download(trained, monkeypatch):
         calls.append((repo_id, revision))
         return str(trained)
 
-    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(remote, "snapshot_download", snapshot_download)
     assert resolve_folder("me/tiny", "v1") == trained
     assert open_model("me/tiny", "v2").folder == trained
     model, recipe = load_model("me/tiny", "v3")

@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 import carl
-from carl.hub import check_requirements, missing_plugins, push, requirements, write_model_folder_extras
+from carl.api import push
+from carl.model.folder import check_requirements, missing_plugins, requirements, write_model_folder_extras
 from carl.model import ContinuousAR
-from carl.plugins import CarlError, PluginInfo
+from carl.errors import CarlError
+from carl.plugins import PluginInfo
 from carl.testing import only_plugins
 
 SERIES = {"timeseries": {"distribution": "carl-timeseries", "version": carl.__version__}}
@@ -55,14 +57,14 @@ def test_requirements_fall_back_to_the_plugin_name_without_a_distribution(monkey
     with only_plugins("timeseries"):
         recipe = carl.load_recipe("ts-macro-energy")
         infos = [PluginInfo("timeseries", "0.3", "carl_timeseries.plugin")]  # e.g. a plugin registered in code
-        monkeypatch.setattr("carl.hub.plugin_infos", lambda: infos)
+        monkeypatch.setattr("carl.model.folder.plugin_infos", lambda: infos)
         assert requirements(recipe.model)["plugins"] == {"timeseries": {"distribution": "timeseries", "version": "0.3"}}
 
 
 def test_missing_plugins_installed_absent_or_broken(monkeypatch):
     needs = {"carl": "0.1.0", "plugins": {"audio": {"distribution": "carl-audio", "version": "1.2"}}}
     installed = [PluginInfo("audio", "1.2", "carl_audio.plugin", distribution="carl-audio")]
-    monkeypatch.setattr("carl.hub.plugin_infos", lambda: installed)
+    monkeypatch.setattr("carl.model.folder.plugin_infos", lambda: installed)
     assert missing_plugins(needs) is None
     assert missing_plugins({"carl": "0.1.0"}) is None  # a carl.json without plugins
     installed[0].error = "ImportError: no module named 'soundfile'"

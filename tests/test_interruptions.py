@@ -10,13 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from carl import cli
-from carl.checkpoints import verify
+import carl.cli.program as cli_program
+from carl.training.checkpoints import verify
 from carl.config import load_recipe
 from carl.model import ContinuousAR
-from carl.nonfinite import NonFiniteError
-from carl.signals import StopOnSignal, TrainingInterrupted
-from carl.train import Trainer, train
+from carl.errors import NonFiniteError
+from carl.errors import TrainingInterrupted
+from carl.training.signals import StopOnSignal
+from carl.api import train
+from carl.training.trainer import Trainer
 
 
 def poison_losses(monkeypatch, bad_calls):
@@ -32,14 +34,14 @@ def poison_losses(monkeypatch, bad_calls):
 
 
 def test_sigint_checkpoints_at_the_step_boundary_and_the_folder_does_not_look_finished(tmp_path, monkeypatch):
-    original = Trainer._set_train_temperature
+    original = Trainer._before_step
 
     def send_at_step_3(self):  # the signal lands in the middle of step 4
         if self.step == 3:
             os.kill(os.getpid(), signal.SIGINT)
         original(self)
 
-    monkeypatch.setattr(Trainer, "_set_train_temperature", send_at_step_3)
+    monkeypatch.setattr(Trainer, "_before_step", send_at_step_3)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a job a shell started in the background
     with pytest.raises(TrainingInterrupted, match="interrupted at step 4; continue with --resume") as info:
         train(load_recipe("tiny", ["train.max_steps=50", "train.checkpoint_every=null"]), output=tmp_path, progress=False)
@@ -79,10 +81,10 @@ def test_a_second_identical_signal_stops_at_once():
 
 
 def test_the_command_line_passes_on_an_exit_code_typer_returns(monkeypatch):
-    monkeypatch.setattr(cli, "app", lambda **kwargs: 130)  # what typer returns on Ctrl-C
+    monkeypatch.setattr(cli_program, "app", lambda **kwargs: 130)  # what typer returns on Ctrl-C
     monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
     with pytest.raises(SystemExit) as info:
-        cli.main()
+        cli_program.main()
     assert info.value.code == 130
 
 

@@ -11,8 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from carl.config import load_recipe
 from carl.data import ToyConfig, ToySequences
-from carl.logs import LOGS, StepStats, duration, interactive
-from carl.train import train
+from carl.layout import LOGS
+from carl.progress import duration, interactive
+from carl.training.logs import StepStats
+from carl.api import train
 
 
 class Terminal(io.StringIO):

@@ -65,13 +65,13 @@ def test_known_tokens_change_hidden_states_but_targets_do_not():
     tokens = torch.randn(1, 8, 2)
     known = torch.tensor([[True, True, False, False, True, False, False, False]])
     cond = model.conditioner(torch.tensor([1]), 1)
-    base = model._hidden_bidirectional(tokens, cond, known)
+    base = model.hidden_bidirectional(tokens, cond, known)
     changed_target = tokens.clone()
     changed_target[0, 2] += 5
-    torch.testing.assert_close(model._hidden_bidirectional(changed_target, cond, known), base)
+    torch.testing.assert_close(model.hidden_bidirectional(changed_target, cond, known), base)
     changed_known = tokens.clone()
     changed_known[0, 0] += 5
-    assert not torch.allclose(model._hidden_bidirectional(changed_known, cond, known), base)
+    assert not torch.allclose(model.hidden_bidirectional(changed_known, cond, known), base)
 
 
 def test_linear_cfg_schedule_grows_to_just_below_full_scale(monkeypatch):
@@ -108,7 +108,7 @@ def test_prompted_causal_generation_continues_the_prompt():
     assert out.shape == (3, 8, 2) and torch.equal(out[:, :5], prompt)
     # The first generated token is the head's draw at the teacher-forced hidden state after the prompt.
     cond = model.conditioner(None, 3)
-    hidden = model._hidden_causal(out, cond, torch.arange(8).expand(3, 8))
+    hidden = model.hidden_causal(out, cond, torch.arange(8).expand(3, 8))
     expected = model.score.sample(hidden[:, 5], generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out[:, 5], expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="needs the causal order"):

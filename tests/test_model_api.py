@@ -11,9 +11,13 @@ import pytest
 import torch
 
 import carl
-import carl.model as model_module
+import carl.model.ar as model_module
+import carl.progress as progress
 from carl.config import Component, load_recipe
-from carl.model import ContinuousAR, _with_resolved_tokenizer, static_by_default
+from carl.model import ContinuousAR
+from carl.model.ar import _with_resolved_tokenizer
+from carl.model import generation
+from carl.model.generation import static_by_default
 
 
 @pytest.fixture
@@ -54,7 +58,7 @@ def test_generate_defaults(masked, monkeypatch):
     schedules = spy(monkeypatch, masked.order, "schedule")
     draws = spy(monkeypatch, masked.score, "sample")
     decodes = spy(monkeypatch, masked.tokenizer, "decode")
-    bars = spy(monkeypatch, model_module, "tqdm")
+    bars = spy(monkeypatch, progress, "tqdm")
     out = masked.generate(torch.arange(2), generator=torch.Generator().manual_seed(0))
     assert schedules == [((masked.tokenizer.num_tokens, 64), {})]  # num_steps 64
     assert all(kw["temperature"] == 1.0 and kw["guidance"] is None for _, kw in draws)  # no CFG, temperature 1
@@ -65,8 +69,8 @@ def test_generate_defaults(masked, monkeypatch):
 
 
 def test_the_progress_bar_follows_progress_and_the_terminal(model, monkeypatch):
-    bars = spy(monkeypatch, model_module, "tqdm")
-    monkeypatch.setattr(model_module, "interactive", lambda progress: progress)  # as on a terminal
+    bars = spy(monkeypatch, progress, "tqdm")
+    monkeypatch.setattr(progress, "interactive", lambda asked: asked)  # as on a terminal
     model.generate(torch.arange(2), progress=True)
     model.generate(torch.arange(2), progress=False)
     model.generate(torch.arange(2))  # no bar unless asked, even on a terminal
@@ -84,7 +88,7 @@ def test_temperature_and_guidance_reach_the_scoring_rule(model, monkeypatch):
 
 def test_the_static_cache_is_the_default_on_cuda_only(model, monkeypatch):
     assert static_by_default(torch.device("cuda")) is True and static_by_default(torch.device("cpu")) is False
-    decodes = spy(monkeypatch, model, "_generate_causal")
+    decodes = spy(monkeypatch, generation, "generate_causal")
     caches = spy(monkeypatch, model.backbone, "new_cache")
     model.generate(torch.arange(2))
     model.generate(torch.arange(2), static_shapes=True)
@@ -147,7 +151,7 @@ def test_push_to_hub_sends_the_recipe_figures_and_settings(trained, monkeypatch)
 
     apis = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: apis.append(RecordingApi(token)) or apis[-1])
-    model, recipe = ContinuousAR.from_pretrained(trained), carl.hub.open_model(trained).recipe
+    model, recipe = ContinuousAR.from_pretrained(trained), carl.open_model(trained).recipe
     url = model.push_to_hub("me/tiny", recipe=recipe, figures={"loss": 1.0})
     assert url == "https://huggingface.co/me/tiny/commit/1" and apis[0].token is None
     assert apis[0].calls == [("create_repo", "me/tiny", False), ("upload_folder", "me/tiny", "Upload carl model", [
@@ -162,7 +166,7 @@ def test_save_pretrained_can_push_under_the_folders_name(trained, tmp_path, monk
 
     apis = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: apis.append(RecordingApi(token)) or apis[-1])
-    model, recipe = ContinuousAR.from_pretrained(trained), carl.hub.open_model(trained).recipe
+    model, recipe = ContinuousAR.from_pretrained(trained), carl.open_model(trained).recipe
     url = model.save_pretrained(tmp_path / "tiny-v1", recipe=recipe, figures={"loss": 1.0}, push_to_hub=True,
                                 private=True)
     assert url == "https://huggingface.co/tiny-v1/commit/1"
@@ -299,7 +303,7 @@ def test_causal_inputs_add_positions_and_next_queries(order):
             inputs = [x + bb.query_embed[0, perm[r, j + 1]] for j, x in enumerate(inputs)]
         rows.append(torch.cat([prefix, torch.stack(inputs)]))
     expected = bb(torch.stack(rows), causal=True)[:, bb.buffer - 1 :]
-    torch.testing.assert_close(model._hidden_causal(ordered, cond, perm), expected)
+    torch.testing.assert_close(model.hidden_causal(ordered, cond, perm), expected)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +344,7 @@ def test_mars_encoder_decoder_runs_under_autocast_with_and_without_known_index()
 
 
 def test_unreadable_weights_name_the_file_and_the_error(trained, tmp_path):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
 
     folder = shutil.copytree(trained, tmp_path / "cut", ignore=shutil.ignore_patterns("checkpoints"))
     data = (folder / "model.safetensors").read_bytes()
@@ -350,7 +354,8 @@ def test_unreadable_weights_name_the_file_and_the_error(trained, tmp_path):
 
 
 def test_a_config_from_json_is_checked_and_the_tokenizer_frozen():
-    from carl.config import RecipeError, to_dict
+    from carl.config import to_dict
+    from carl.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"^unknown recipe key 'config\.typo'"):
         ContinuousAR({**to_dict(load_recipe("tiny").model), "typo": 1})

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 import carl
 from carl.cli import app
-from carl.hub import open_model, push
+from carl.api import push
+from carl.model import open_model
 from carl.model import ContinuousAR
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 REQUIRED = {"config.json", "model.safetensors", "carl.json", "README.md"}
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from carl.config import load_recipe
-from carl.plugins import CarlError
-from carl.processes import check_process_group, requested_cpu_processes
-from carl.train import train
+from carl.errors import CarlError
+from carl.training.processes import check_process_group, requested_cpu_processes
+from carl.api import train
 
 # No random draws in the loss: causal order, Gaussian log score, no label drop, no dropout.
 DETERMINISTIC = ["model.score={name: gaussian, depth: 2, width: 32}", "model.conditioner.label_drop=0",

@@ -172,7 +172,7 @@ def test_causal_attention_never_sees_later_tokens(order):
     plan = model.order.plan(2, 8, g)
     ordered = torch.randn(2, 8, 2, requires_grad=True)
     cond = model.conditioner(torch.tensor([0, 1]), 2)
-    hidden = model._hidden_causal(ordered, cond, plan.order)  # (B, N, C)
+    hidden = model.hidden_causal(ordered, cond, plan.order)  # (B, N, C)
     probe = torch.randn(hidden.shape[-1])  # a plain sum of a LayerNorm output would be constant
     for i in range(8):
         (grad,) = torch.autograd.grad((hidden[:, i] @ probe).sum(), ordered, retain_graph=True)
@@ -193,7 +193,7 @@ def test_kv_cache_generation_matches_teacher_forcing(order, monkeypatch):
     order_used = model.order.generation_order(2, 8, torch.Generator().manual_seed(5))
     ordered = torch.gather(tokens, 1, order_used[..., None].expand_as(tokens))
     with torch.no_grad():
-        hidden = model._hidden_causal(ordered, model.conditioner(labels, 2), order_used)
+        hidden = model.hidden_causal(ordered, model.conditioner(labels, 2), order_used)
     torch.testing.assert_close(torch.stack(seen, 1), hidden, atol=1e-5, rtol=1e-5)
 
 

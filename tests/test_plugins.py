@@ -5,7 +5,8 @@ import pytest
 
 from carl import hookspecs
 from carl.hookspecs import hookimpl
-from carl.plugins import CarlError, load_plugins, plugin_infos, registry
+from carl.errors import CarlError
+from carl.plugins import load_plugins, plugin_infos, registry
 from carl.conditioners import ClassConditioner
 from carl.data import ToySequences
 from carl.metrics import HeldOutLoss
@@ -90,7 +91,7 @@ def test_registered_plugin_is_first_class(fresh, monkeypatch, tmp_path):
     assert info.provides["metrics"] == ["loss2"]
     # A recipe built only from the plugin's names trains like any other.
     from carl.config import load_recipe
-    from carl.train import train
+    from carl.api import train
 
     cfg = load_recipe("throwaway-tiny", ["train.max_steps=3", "train.checkpoint_every=null", "eval.every_epochs=0.1",
                                          "eval.metric={name: loss2, num_items: 32}"])
@@ -270,7 +271,7 @@ def test_a_separately_installed_distribution_is_discovered_and_trains(fresh, tmp
     listing = CliRunner().invoke(app, ["plugins"])
     assert "walks 0.3.0" in listing.output and "tokenizers: increments" in listing.output
     from carl.config import load_recipe
-    from carl.train import train
+    from carl.api import train
 
     out = train(load_recipe("walks-tiny"), output=tmp_path / "run", progress=False)
     import json

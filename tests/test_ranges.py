@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from carl.config import BackboneConfig, RecipeConfig, RecipeError, TrainConfig, load_recipe
+from carl.config import BackboneConfig, RecipeConfig, TrainConfig, load_recipe
+from carl.errors import RecipeError
 from carl.plugins import registry
 from carl.ranges import unbounded_fields
 

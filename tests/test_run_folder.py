@@ -9,10 +9,13 @@ import sys
 import pytest
 import yaml
 
-from carl.config import RecipeError, load_recipe
-from carl.plugins import CarlError
-from carl.run_folder import FolderInUse, RunFolder
-from carl.train import Trainer, train
+from carl.config import load_recipe
+from carl.errors import RecipeError
+from carl.errors import CarlError
+from carl.errors import FolderInUse
+from carl.training.run_folder import RunFolder
+from carl.api import train
+from carl.training.trainer import Trainer
 
 TINY = ["train.max_steps=2", "train.checkpoint_every=null"]
 

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from carl.cli import app
 
 from carl.config import load_recipe
-from carl.hub import load_model, write_model_folder_extras
+from carl.model import load_model
+from carl.model.folder import write_model_folder_extras
 from carl.model import ContinuousAR
-from carl.weights import WeightsError
+from carl.errors import WeightsError
 
 
 @pytest.fixture

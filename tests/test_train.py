@@ -8,9 +8,12 @@ from typer.testing import CliRunner
 
 from carl.cli import app
 from carl.config import load_recipe
-from carl.hub import load_model
+from carl.model import load_model
 from carl.model import ContinuousAR
-from carl.train import latest_checkpoint, lr_factor, plan_batching, train, train_temperature
+from carl.api import train
+from carl.training.checkpoints import latest_checkpoint
+from carl.training.jobs.ar import train_temperature
+from carl.training.schedule import lr_factor, plan_batching
 
 runner = CliRunner()
 
@@ -119,7 +122,7 @@ def test_cli_errors_are_one_line():
 
 def test_evaluation_every_half_epoch_is_logged(tmp_path):
     from carl.config import load_recipe
-    from carl.train import train
+    from carl.api import train
 
     cfg = load_recipe("tiny", ["train.max_steps=16", "data.num_samples=256", "eval.every_epochs=0.5",
                                "eval.metric={name: loss, num_items: 64}", "train.checkpoint_every=null"])

@@ -3,9 +3,10 @@ counted in optimizer steps."""
 
 import pytest
 import torch
-from carl.accel import DeviceEMA, ema_decay
+from carl.training.accel import DeviceEMA, ema_decay
 from carl.config import TrainConfig, load_recipe
-from carl.train import Trainer, learning_rate, lr_factor
+from carl.training.schedule import learning_rate, lr_factor
+from carl.training.trainer import Trainer
 
 
 def test_ema_moves_by_one_minus_the_decay():

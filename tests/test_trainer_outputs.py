@@ -8,10 +8,11 @@ import pytest
 
 import carl
 from carl.config import dump_recipe, load_recipe
-from carl.logs import TrainingLog
+from carl.training.logs import TrainingLog
 import torch
 
-from carl.train import Trainer, _finite_mean, learning_rate, lr_factor
+from carl.training.schedule import learning_rate, lr_factor
+from carl.training.trainer import Trainer, _finite_mean
 
 OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=4", "train.log_every=4", "train.sample_every=3",
              "train.lr_schedule=cosine", "train.warmup_epochs=0.125"]  # tiny: 16 steps per epoch, warm-up 2 steps
@@ -35,7 +36,7 @@ def run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     windows, losses, images, figures = [], [], [], []
     readings = iter(range(0, 10_000, 2))
-    monkeypatch.setattr("carl.train.time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    monkeypatch.setattr("carl.training.trainer.time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
     spy(monkeypatch, TrainingLog, "step", lambda args, _: windows.append(args[0]))
     spy(monkeypatch, Trainer, "_log", lambda args, _: losses.append(args[0].clone()))
     spy(monkeypatch, TrainingLog, "image", lambda args, _: images.append(args))

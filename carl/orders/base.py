@@ -74,6 +74,11 @@ def sorted_positions(order: torch.Tensor, start: int, end: int | None = None) ->
     return order[:, start:end].sort(dim=1).values
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x (B, N, C)`` at ``index (B, K)`` -> ``(B, K, C)``."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def random_permutations(
     batch_size: int, seq_len: int, generator: torch.Generator | None, device: torch.device | str
 ) -> torch.Tensor:

@@ -10,7 +10,8 @@ import annotated_types as at
 import torch
 from torch import nn
 
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl.scores.base import Guidance, ScoringRule
 from carl.scores.generator import FinalLayer, ResBlock, init_adaln_mlp
 from carl.scores.log_score import standard_normal

@@ -165,7 +165,7 @@ class AutoencoderTokenizer(Tokenizer):
 
     ``posterior`` and ``decode_latents`` work on raw latents; ``encode``/``decode`` add the
     normalisation ``tokens = (latents - latent_shift) * latent_scale`` (per channel, buffers
-    saved with the weights). Trained by the ``tokenizer`` job (:mod:`carl.jobs.tokenizer`).
+    saved with the weights). Trained by the ``tokenizer`` job (:mod:`carl.training.jobs.tokenizer`).
     """
 
     Config = AutoencoderConfig

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from carl.tokenizers.normalize import TokenStatistics
+from carl.tokenizers.statistics import TokenStatistics
+
+FIT_SAMPLES = 4096  # training items a tokenizer's data-dependent state is estimated from
 
 
 class Tokenizer(nn.Module, ABC):
@@ -19,7 +18,7 @@ class Tokenizer(nn.Module, ABC):
     ``Config`` and take that config as their only constructor argument. A tokenizer carries
     its own normalisation, so that the tokens it emits are roughly zero-mean and unit-scale and
     ``decode(encode(x))`` gives back ``x``. Inside an AR model a tokenizer is frozen; trainable
-    ones (``trainable = True``, the autoencoder) learn in a tokenizer job (:mod:`carl.jobs.tokenizer`).
+    ones (``trainable = True``, the autoencoder) learn in a tokenizer job (:mod:`carl.training.jobs.tokenizer`).
 
     State that ``fit`` estimates (normalisation statistics) lives in buffers, so it is saved and
     restored with the model weights.
@@ -62,8 +61,8 @@ class Tokenizer(nn.Module, ABC):
     def needs_fit(self) -> bool:
         return False
 
-    def renormalize(self, stats: "TokenStatistics") -> dict | None:
-        """Absorb token statistics (per-channel mean and std, :class:`carl.tokenizers.normalize.TokenStatistics`)
+    def renormalize(self, stats: TokenStatistics) -> dict | None:
+        """Absorb token statistics (per-channel mean and std, :class:`carl.tokenizers.statistics.TokenStatistics`)
         measured under the current normalisation, so that tokens become roughly zero-mean and unit-scale (see
         :func:`carl.tokenizers.normalize.measure`). Returns None when the new normalisation lives in
         the tokenizer's buffers (saved with its weights), or the config options that carry it (e.g.
@@ -73,3 +72,14 @@ class Tokenizer(nn.Module, ABC):
             NotImplementedError: the tokenizer has no adjustable normalisation.
         """
         raise NotImplementedError(f"{type(self).__name__} has no adjustable latent normalisation")
+
+
+def prepare_tokenizer(tokenizer: Tokenizer, dataset, samples: int = FIT_SAMPLES) -> Tokenizer:
+    """Make a freshly built tokenizer ready to encode ``dataset`` (items with ``data``): load its
+    external state (:meth:`Tokenizer.prepare`), then fit its data-dependent state on the first
+    ``samples`` items when it has any. Training, ``carl cache`` and ``carl tokenizer scale`` all
+    prepare a tokenizer this way. Returns the tokenizer."""
+    tokenizer.prepare()
+    if tokenizer.needs_fit:
+        tokenizer.fit(dataset[: min(len(dataset), samples)]["data"])
+    return tokenizer

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from carl.config import ModelConfig, RecipeConfig, from_dict, to_dict
 from carl.model import ContinuousAR
-from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
+from carl.errors import WeightsError
+from carl.weights import load_state_file, load_strict, resolve_weights
 
 # The official model sizes (models/ear.py, models/mar.py): name -> (width, attention heads).
 # Heads change no tensor shape, so they cannot be read from the weights.

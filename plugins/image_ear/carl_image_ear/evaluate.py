@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from carl.logs import interactive
+from carl.progress import interactive
 from carl.metrics import Metric
-from carl.plugins import CarlError
+from carl.errors import CarlError
 from carl.ranges import check_ranges
-from carl.samples import tile
+from carl.model.samples import tile
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 

@@ -17,7 +17,8 @@ from einops import rearrange, repeat
 from PIL import Image
 
 from carl.data import DataSource
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl_image_ear.mnist import mnist_arrays
 
 EMBEDDED = "mnist"

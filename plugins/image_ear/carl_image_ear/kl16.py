@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl.tokenizers.base import Tokenizer
 from carl.weights import load_state_file, load_strict, resolve_weights
 

@@ -99,7 +99,7 @@ def register_eval_command(app):
         """Generate class-balanced images and report FID / IS (torch-fidelity)."""
         import json
 
-        from carl.hub import load_model
+        from carl.model import load_model
         from carl_image_ear.evaluate import EvalSettings, fidelity_metrics, generate_images, save_eval_grid
 
         model, recipe = load_model(checkpoint)

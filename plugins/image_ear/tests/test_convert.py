@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import reference_ear as ref
 from carl.cli import app
-from carl.hub import load_model
+from carl.model import load_model
 from carl.orders.base import Plan
 from carl.plugins import register_commands
 from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
@@ -138,7 +138,7 @@ def test_hidden_states_and_loss_equal_the_official_architecture(converted, monke
     with torch.no_grad():
         expected = ref.hidden_states(sd, tokens, mask.float(), labels, heads=HEADS)
         cond = model.conditioner(labels, 2)
-        hidden = model._hidden_bidirectional(tokens, cond, ~mask)
+        hidden = model.hidden_bidirectional(tokens, cond, ~mask)
         torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
 
         noise = torch.rand(2 * 2 * 2 * N, NOISE, generator=g) - 0.5  # (samples, batch_mul, B * N)
@@ -192,7 +192,7 @@ def test_refuses_checkpoints_that_need_unpickling_code(tmp_path, converted, monk
 
 @pytest.mark.parametrize("content", [{"model_ema": {}, "args": None}, [{"model": {}}]], ids=["no-model", "a-list"])
 def test_refuses_files_that_are_not_official_checkpoints(tmp_path, content):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import read_official
 
     torch.save(content, tmp_path / "other.pth")
@@ -259,7 +259,7 @@ def test_mar_hidden_states_and_loss_equal_the_official_architecture(converted_ma
     mask[:, torch.randperm(N, generator=g)[:200]] = True  # the same count per row, as MAR masks
     with torch.no_grad():
         expected = ref.mar_hidden_states(sd, tokens, mask, labels, heads=HEADS)
-        hidden = model._hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
+        hidden = model.hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
         torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
 
         t = torch.randint(0, 1000, (2 * 2 * N,), generator=g)
@@ -309,7 +309,7 @@ def test_attention_heads_follow_the_official_sizes(width, args, heads):
     (128, None, 0, "--heads 0 does not divide the checkpoint's width 128"),
 ])
 def test_attention_heads_that_cannot_be_known_fail_clearly(width, args, heads, message):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import attention_heads
 
     with pytest.raises(WeightsError, match=message):
@@ -433,7 +433,7 @@ def test_official_sizes_convert_to_the_papers_configs_with_the_official_defaults
 
 @pytest.mark.parametrize("kind", ["ear", "mar"])
 def test_args_that_name_another_size_than_the_weights_are_refused(kind):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import ear_model_config, mar_model_config
 
     make = ear_model_config if kind == "ear" else mar_model_config
@@ -502,7 +502,7 @@ def test_kl16_converts_any_architecture_into_a_folder_it_creates_or_reuses(tmp_p
 
 
 def test_kl16_that_does_not_fit_its_own_shapes_is_refused_naming_file_key_and_shapes(tmp_path):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import convert_kl16
 
     state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
@@ -544,7 +544,7 @@ def test_the_mar_recipe_samples_at_temperature_one(converted_mar):
 
 def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_error(tmp_path):
     """Its widths give ch_mult 0 for that level: the KL-16 config refuses it before any weights are compared."""
-    from carl.ranges import FieldError
+    from carl.errors import FieldError
     from carl_image_ear.convert import convert_kl16
 
     state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()

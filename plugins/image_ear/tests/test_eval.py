@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from carl.cli import app
-from carl.plugins import CarlError, register_commands
+from carl.errors import CarlError
+from carl.plugins import register_commands
 from carl_image_ear.evaluate import EvalSettings, balanced_labels, fidelity_metrics, generate_images
 
 TINY = ["train.max_steps=2", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1", "model.backbone.encoder_depth=1",
@@ -59,7 +60,7 @@ def test_labels_are_class_balanced():
 
 
 def test_generation_is_batched_balanced_and_seeded(tiny_model):
-    from carl.hub import load_model
+    from carl.model import load_model
 
     model, _ = load_model(tiny_model)
     settings = EvalSettings(num_images=25, batch_size=10, num_steps=2, seed=3)

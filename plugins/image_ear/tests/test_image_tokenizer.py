@@ -10,7 +10,7 @@ from PIL import Image
 from carl.config import load_recipe
 from carl.plugins import pretrained_folders
 from carl.tokenizers.pretrained import load_tokenizer
-from carl.train import train
+from carl.api import train
 from carl_image_ear.mnist import mnist_arrays
 
 def heldout(n: int = 500) -> torch.Tensor:

@@ -1,54 +1,15 @@
-"""The ``carl`` command line (typer)."""
+"""carl's own commands: ``train``, ``cache``, ``sample`` and ``push``. Heavy modules are imported
+when a command runs, so ``carl --help`` stays fast."""
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from carl.plugins import CarlError
-from carl.version import __version__
-
-try:  # recent typers vendor click as typer._click; older ones use click itself
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException
-
-app = typer.Typer(help="carl: train and sample continuous autoregressive models.", no_args_is_help=True, add_completion=False)
-recipes_app = typer.Typer(help="List and show the shipped recipes.", no_args_is_help=True)
-plugins_app = typer.Typer(help="Installed plugins and what they provide.")
-app.add_typer(recipes_app, name="recipes")
-app.add_typer(plugins_app, name="plugins", invoke_without_command=True)
-
-
-def _add_tokenizer_app() -> None:
-    from carl.cli_tokenizer import tokenizer_app
-
-    app.add_typer(tokenizer_app, name="tokenizer")
-
-
-_add_tokenizer_app()
-
-_state = {"debug": False}
-
-
-def _print_version(value: bool) -> None:
-    if value:
-
-        typer.echo(f"carl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print carl's version and exit.")] = False,
-) -> None:
-    _state["debug"] = debug
+from carl.cli.program import app
+from carl.errors import CarlError
 
 
 @app.command()
@@ -63,12 +24,12 @@ def train(
 ) -> None:
     """Train a model from RECIPE; the output folder becomes a model folder for `carl sample`."""
     from carl.config import load_recipe
-    from carl.processes import spread_cpu_launch
+    from carl.training.processes import spread_cpu_launch
 
     code = spread_cpu_launch()  # `accelerate launch --cpu --num_processes N` started only this process
     if code is not None:
         raise typer.Exit(code)
-    from carl.train import train as run_training
+    from carl.api import train as run_training
 
     cfg = load_recipe(recipe, overrides or [])
     out = run_training(cfg, output=output, resume=resume, progress=progress, overwrite=overwrite)
@@ -88,7 +49,7 @@ def cache(
     shard_size: Annotated[int, typer.Option("--shard-size", help="Items per Arrow shard (the unit of resumption).")] = 4096,
 ) -> None:
     """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
-    from carl.cache import build_cache
+    from carl.training.cache import build_cache
     from carl.config import load_recipe
 
     cfg = load_recipe(recipe, overrides or [])
@@ -119,8 +80,8 @@ def sample(
     """Sample a grid (rows of conditions) from a trained model and write it as a picture or a tensor."""
     from dataclasses import replace
 
-    from carl.hub import open_model
-    from carl.samples import can_draw, check_output, generate_grid, write_samples
+    from carl.model import open_model
+    from carl.model.samples import can_draw, check_output, generate_grid, write_samples
 
     loaded = open_model(model)
     source = loaded.data_source()
@@ -147,88 +108,8 @@ def push(
     """Publish a model folder on the Hugging Face Hub (weights, config, recipe, card, samples; not checkpoints)."""
     from accelerate import PartialState
 
-    from carl.hub import push as push_folder
+    from carl.api import push as push_folder
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one upload
         return
     typer.echo(f"pushed: {push_folder(folder, repo_id, private=private, raw=raw)}")
-
-
-@recipes_app.command("list")
-def recipes_list() -> None:
-    """List the shipped recipes (from carl and every plugin)."""
-    from carl.plugins import recipe_files
-
-    for name, path in recipe_files().items():
-        header = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        typer.echo(f"{name:20s} {header}")
-
-
-@recipes_app.command("show")
-def recipes_show(name: Annotated[str, typer.Argument(help="A shipped recipe name or a recipe file.")]) -> None:
-    """Print a recipe's file, after checking that it validates."""
-    from carl.config import load_recipe, resolve_recipe_path
-
-    load_recipe(name)
-    typer.echo(resolve_recipe_path(name).read_text())
-
-
-@plugins_app.callback()
-def plugins_list(ctx: typer.Context) -> None:
-    """List installed plugins, their versions and what each registers."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from carl.plugins import plugin_infos
-
-    for info in plugin_infos():
-        status = f"  FAILED TO LOAD: {info.error}" if info.error else ""
-        typer.echo(f"{info.name} {info.version} ({info.module}){status}")
-        for kind, names in sorted(info.provides.items()):
-            typer.echo(f"    {kind}: {', '.join(names)}")
-
-
-def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warning: message`` instead of Python's file:line and source line (a broken plugin, ...)."""
-    typer.echo(f"warning: {message}", err=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The ``carl`` program: user errors in one line (usage errors in click's form), tracebacks only with --debug."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in args
-    with warnings.catch_warnings():  # restores Python's warning display afterwards
-        if not debug:
-            warnings.showwarning = _warn_in_one_line
-        _run(args, debug)
-
-
-def _run(args: list[str], debug: bool) -> None:
-    try:
-        from carl.plugins import register_commands
-
-        register_commands(app)  # a broken plugin is marked failed there; the other commands stay
-        code = app(args=args, prog_name="carl", standalone_mode=False)
-    except ClickException as exc:  # usage errors: no such command or option, a bad value, a missing argument
-        exc.show()
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("Aborted!", err=True)
-        sys.exit(1)
-    except (CarlError, ValueError, FileNotFoundError, OSError) as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(getattr(exc, "exit_code", 1))  # an interrupted run: 128 + the signal
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; continue with --resume", err=True)
-        sys.exit(130)
-    if isinstance(code, int) and code:  # typer.Exit(code) returns it outside standalone mode (Ctrl-C: 130)
-        if code == 130:
-            typer.echo("interrupted; continue with --resume", err=True)
-        sys.exit(code)
-
-
-if __name__ == "__main__":  # `accelerate launch -m carl.cli train RECIPE`
-    main()

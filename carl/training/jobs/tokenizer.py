@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from carl.checks import check_data_fits
+from carl.training.checks import check_data_fits
 from carl.config import ReconstructionConfig, TokenizerRecipeConfig, dump_recipe
 from carl.data import DataSource
-from carl.jobs.base import Job
-from carl.plugins import CarlError
-from carl.samples import tile
+from carl.training.jobs.base import Job
+from carl.errors import CarlError
+from carl.layout import RECONSTRUCTIONS_FILE
+from carl.model.samples import tile
 from carl.tokenizers.base import Tokenizer
 from carl.tokenizers.normalize import normalize
 from carl.tokenizers.pretrained import reconstruct, save_tokenizer
@@ -66,7 +67,7 @@ class TokenizerJob(Job):
     """Trains the recipe's ``tokenizer``; held-out MSE, PSNR and KL at every evaluation."""
 
     kind = "tokenizer"
-    picture = "reconstructions.png"
+    picture = RECONSTRUCTIONS_FILE
     cfg: TokenizerRecipeConfig
 
     def __init__(self, cfg: TokenizerRecipeConfig):

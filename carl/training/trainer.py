@@ -1,16 +1,17 @@
-"""The one training loop, on accelerate: ``train(cfg) -> output folder``.
+"""The one training loop, on accelerate: :class:`Trainer` (``setup() -> train() -> cleanup()``,
+or all three with :meth:`Trainer.run`).
 
-The module is callable: ``carl.train(recipe, overrides=..., output=...)`` is carl's Python API
-(:func:`carl.api.train`, which also takes a recipe path or shipped name).
+The trainer owns the loop, the output folder, checkpoints, logging and the engine; what is
+trained, exported and pictured is the job's business (:mod:`carl.training.jobs`). Users call
+``carl.train(recipe, ...)`` (:mod:`carl.api`) or ``carl train`` (:mod:`carl.cli`).
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,69 +19,37 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
-from carl import checkpoints
-from carl.api import CallableModule
-from carl.accel import DeviceEMA, compile_model, loader_options, optimizer_options
-from carl.cache import is_complete, load_cache
-from carl.checkpoints import CHECKPOINTS, latest_checkpoint
-from carl.config import RecipeConfig, TokenizerRecipeConfig, TrainConfig, dump_recipe, to_dict
+from carl.config import RecipeConfig, TokenizerRecipeConfig, dump_recipe, to_dict
 from carl.data import DataSource
-from carl.jobs import job_for
-from carl.jobs.ar import param_groups, train_temperature  # noqa: F401 (part of carl.train's API)
-from carl.nonfinite import NonFiniteGuard
-from carl.logs import StepStats, TrainingLog
-from carl.plugins import CarlError
-from carl.processes import check_process_group, on_main_process
-from carl.run_folder import RunFolder
-from carl.signals import StopOnSignal, TrainingInterrupted
-
-
-@dataclass
-class Batching:
-    micro_batch: int  # per device and forward pass
-    accumulation: int  # forward passes per optimizer step
-
-
-def plan_batching(train: TrainConfig, num_processes: int) -> Batching:
-    """Reach ``global_batch`` samples per optimizer step on any number of devices."""
-    if train.micro_batch is None:
-        if train.global_batch % num_processes:
-            raise CarlError(f"train.global_batch {train.global_batch} is not divisible by {num_processes} processes")
-        return Batching(train.global_batch // num_processes, 1)
-    per_step = train.micro_batch * num_processes
-    if train.global_batch % per_step:
-        raise CarlError(
-            f"train.global_batch {train.global_batch} is not a multiple of train.micro_batch x processes = {per_step}"
-        )
-    return Batching(train.micro_batch, train.global_batch // per_step)
-
-
-def learning_rate(train: TrainConfig) -> float:
-    """``train.lr``, or ``base_lr`` scaled from a batch of 256 by the linear or square-root rule."""
-    if train.lr is not None:
-        return train.lr
-    ratio = train.global_batch / 256
-    return train.base_lr * (ratio if train.lr_scaling == "linear" else math.sqrt(ratio))
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
+from carl.errors import CarlError, TrainingInterrupted
+from carl.layout import RECIPE_FILE, SAMPLES_DIR, step_name
+from carl.training import checkpoints
+from carl.training.accel import DeviceEMA, compile_model, loader_options, optimizer_options
+from carl.training.checkpoints import latest_checkpoint
+from carl.training.jobs import job_for
+from carl.training.logs import StepStats, TrainingLog
+from carl.training.nonfinite import NonFiniteGuard
+from carl.training.processes import check_process_group, on_main_process
+from carl.training.run_folder import RunFolder
+from carl.training.schedule import learning_rate, lr_factor, plan_batching
+from carl.training.signals import StopOnSignal
 
 
 class Trainer:
-    """setup() -> train() -> cleanup(); every ``_setup_*`` helper returns what it built. What is
-    trained, exported and pictured is the job's business (:mod:`carl.jobs`)."""
+    """One training run of a validated recipe: ``setup() -> train() -> cleanup()`` (:meth:`run`
+    does all three); every ``_setup_*`` helper returns what it built.
 
-    def __init__(self, cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | None = None, resume: bool = False,
-                 progress: bool = True, overwrite: bool = False):
+    Args:
+        cfg: the resolved recipe (an AR recipe or a tokenizer recipe).
+        output: the output folder (default: ``cfg.output``); a run refuses a non-empty folder it did
+            not create and locks the folder while it trains.
+        resume: continue from the newest intact checkpoint in ``output``.
+        progress: draw a progress bar on a terminal (step lines are printed either way).
+        overwrite: start a new run in a non-empty folder (see :class:`carl.training.run_folder.RunFolder`).
+    """
+
+    def __init__(self, cfg: RecipeConfig | TokenizerRecipeConfig, output: str | Path | None = None, *,
+                 resume: bool = False, progress: bool = True, overwrite: bool = False):
         self.output = Path(output or cfg.output)
         self.cfg = replace(cfg, output=str(self.output))  # recipe.yaml and hparams.yml record the folder used
         self.job = job_for(self.cfg)
@@ -138,14 +107,7 @@ class Trainer:
 
     def _setup_data(self) -> tuple[DataSource, torch.utils.data.Dataset]:
         source = self.cfg.data.build("datasets")
-        if getattr(self.cfg, "cache", None) is not None:
-            folder = Path(self.cfg.cache)
-            if not is_complete(folder):
-                raise CarlError(f"the recipe reads the token cache {folder}, which is not complete: "
-                                f"run `carl cache` with this recipe first (it resumes where it stopped)")
-            dataset, self.job.cached_tokenizer = load_cache(self.cfg, folder)
-        else:
-            dataset = source.dataset("train")
+        dataset = self.job.dataset(source)
         if len(dataset) < self.cfg.train.global_batch:
             raise CarlError(f"the dataset has {len(dataset)} items, fewer than train.global_batch {self.cfg.train.global_batch}")
         return source, dataset
@@ -191,7 +153,7 @@ class Trainer:
         acc = self.accelerator
         checkpoint = on_main_process(acc, lambda: checkpoints.choose_checkpoint(self.output, say=acc.print))
         if checkpoint is None:
-            acc.print(f"carl: no checkpoint in {self.output / CHECKPOINTS}; starting from scratch")
+            acc.print(f"carl: no checkpoint in {checkpoints.checkpoint_path(self.output, 0).parent}; starting from scratch")
             return 0
         state = checkpoints.load_training_state(
             checkpoint, model=acc.unwrap_model(self.model), ema=self.ema, optimizer=self.optimizer,
@@ -221,7 +183,7 @@ class Trainer:
                      "skipped_nonfinite": self.guard.skipped}
             checkpoints.save_training_state(tmp, model=acc.unwrap_model(self.model), ema=self.ema, optimizer=self.optimizer,
                                             scheduler=self.scheduler, scaler=acc.scaler, trainer_state=state)
-            (tmp / "recipe.yaml").write_text(dump_recipe(self.cfg))
+            (tmp / RECIPE_FILE).write_text(dump_recipe(self.cfg))
             checkpoints.write_manifest(tmp, step=self.step, num_processes=acc.num_processes)
             checkpoints.publish(tmp, final)
             checkpoints.prune(self.output, self.cfg.train.keep_checkpoints, final)
@@ -263,7 +225,7 @@ class Trainer:
             self.loader.set_epoch(epoch)
             batches = acc.skip_first_batches(self.loader, skip * self.batching.accumulation) if skip else self.loader
             for batch in batches:
-                self._set_train_temperature()
+                self._before_step()
                 with acc.accumulate(self.model):
                     loss = self.model(batch)
                     self.guard.observe_loss(loss)
@@ -300,7 +262,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)  # e.g. a tokenizer's normalisation
         last = latest_checkpoint(self.output)
-        if last is None or last.name != f"step-{self.step:07d}":
+        if last is None or last.name != step_name(self.step):
             self.save_checkpoint()  # exports before anything draws (a failing render loses nothing)
         elif self.accelerator.is_main_process:  # already exported at this step: refresh what finish() changed
             self.job.refresh_card(self.ema.module, self.output, self._figures())
@@ -324,7 +286,7 @@ class Trainer:
             self.save_checkpoint()
         raise TrainingInterrupted(self.step, signum)
 
-    def _set_train_temperature(self) -> None:
+    def _before_step(self) -> None:
         self.job.before_step(self.accelerator.unwrap_model(self.model), self.step / self.steps_per_epoch)
 
     def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, steps_per_s: float) -> None:
@@ -355,12 +317,32 @@ class Trainer:
         self._check_finite()
         if not self.accelerator.is_main_process:
             return None
-        path = self.output / "samples" / f"step-{self.step:07d}.png"
+        path = self.output / SAMPLES_DIR / f"{step_name(self.step)}.png"
         saved = self.job.preview(self.ema.module, self.source, path)
         if saved is not None:
             shutil.copyfile(saved, self.output / self.job.picture)
             self.log.image(self.job.picture.removesuffix(".png"), saved, self.step)
         return saved
+
+    def run(self) -> Path:
+        """Set up, train to the end (or resume) and clean up; returns the output folder.
+
+        Raises:
+            TrainingInterrupted: SIGINT / SIGTERM: a checkpoint was written; ``exit_code`` is 130 / 143.
+            NonFiniteError: the run diverged; nothing from its non-finite steps was written.
+        """
+        status = "failed"
+        try:
+            self.setup()
+            with self.stop:
+                out = self.train()
+            status = "finished"
+            return out
+        except (TrainingInterrupted, KeyboardInterrupt):
+            status = "interrupted"
+            raise
+        finally:
+            self.cleanup(status)
 
     def cleanup(self, status: str = "finished") -> None:
         """End the trackers, record how the run ended (``finished``, ``interrupted``, ``failed``) and unlock
@@ -372,43 +354,7 @@ class Trainer:
             self.run_folder.release()
 
 
-def train(cfg: RecipeConfig | TokenizerRecipeConfig, output: Path | str | None = None, resume: bool = False, progress: bool = True,
-          overwrite: bool = False) -> Path:
-    """Train ``cfg`` (an AR model or a tokenizer) to completion (or resume it) and return the output folder.
-
-    Args:
-        cfg: the resolved recipe (an AR recipe or a tokenizer recipe).
-        output: the output folder (default: ``cfg.output``); a run refuses a non-empty folder it did
-            not create and locks the folder while it trains.
-        resume: continue from the newest intact checkpoint in ``output``.
-        progress: show a progress bar (else plain log lines).
-        overwrite: start a new run in a non-empty folder (carl's earlier outputs are cleared, other files kept).
-
-    Raises:
-        TrainingInterrupted: SIGINT / SIGTERM: a checkpoint was written; ``exit_code`` is 130 / 143.
-        NonFiniteError: the run diverged; nothing from its non-finite steps was written.
-    """
-    trainer = Trainer(cfg, Path(output) if output else None, resume=resume, progress=progress, overwrite=overwrite)
-    status = "failed"
-    try:
-        trainer.setup()
-        with trainer.stop:
-            out = trainer.train()
-        status = "finished"
-        return out
-    except (TrainingInterrupted, KeyboardInterrupt):
-        status = "interrupted"
-        raise
-    finally:
-        trainer.cleanup(status)
-
-
 def _finite_mean(values: torch.Tensor) -> torch.Tensor:
     """The mean of the finite entries (the losses of skipped non-finite steps left out)."""
     finite = torch.isfinite(values)
     return torch.where(finite, values, 0).sum() / finite.sum().clamp(min=1)
-
-
-# `carl.train(...)`: Python binds this submodule as the package attribute `carl.train`, so the
-# module itself is the callable (carl/api.py).
-sys.modules[__name__].__class__ = CallableModule

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-LOGS = "logs"  # the TensorBoard folder inside a run's output folder
+from carl.layout import CARD_FILE, CHECKPOINTS, CONFIG_FILE, LOGS, RECIPE_FILE, REQUIREMENTS_FILE, SAMPLES_DIR, SAMPLES_FILE, WEIGHTS_FILE, step_of
+from carl.progress import duration, interactive, size
 
-
-def interactive(progress: bool = True, stream=None) -> bool:
-    """Whether to draw a progress bar: only when asked and ``stream`` (stderr) is a terminal."""
-    stream = sys.stderr if stream is None else stream
-    return bool(progress) and bool(getattr(stream, "isatty", lambda: False)())
-
-
-def duration(seconds: float) -> str:
-    """``4.2 s`` under a minute, ``1:02:03`` (h:mm:ss) from there on."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def size(num_bytes: int) -> str:
-    value = float(num_bytes)
-    for unit in ("B", "KB", "MB"):
-        if value < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
 
 
 @dataclass(frozen=True)
@@ -201,21 +178,19 @@ class TrainingLog:
 
 def files_written(output: Path) -> list[str]:
     """One line per kind of file in a run's output folder (the model folder, grids, logs, checkpoints)."""
-    from carl.train import CHECKPOINTS  # the trainer owns the checkpoint layout
-
     lines = []
-    model = [p for p in ("config.json", "model.safetensors", "recipe.yaml", "carl.json", "README.md") if (output / p).exists()]
+    model = [p for p in (CONFIG_FILE, WEIGHTS_FILE, RECIPE_FILE, REQUIREMENTS_FILE, CARD_FILE) if (output / p).exists()]
     if model:
-        weights = output / "model.safetensors"
-        shown = [f"{p} ({size(weights.stat().st_size)})" if p == "model.safetensors" else p for p in model]
+        weights = output / WEIGHTS_FILE
+        shown = [f"{p} ({size(weights.stat().st_size)})" if p == WEIGHTS_FILE else p for p in model]
         lines.append(f"{'model folder':14s} {', '.join(shown)}  (carl sample {output})")
-    grids = sorted((output / "samples").glob("*.png"))
-    if (output / "samples.png").exists():
-        lines.append(f"{'samples.png':14s} the final sample grid; samples/step-*.png: {len(grids)} grid{'s' * (len(grids) != 1)}")
+    grids = sorted((output / SAMPLES_DIR).glob("*.png"))
+    if (output / SAMPLES_FILE).exists():
+        lines.append(f"{SAMPLES_FILE:14s} the final sample grid; {SAMPLES_DIR}/step-*.png: {len(grids)} grid{'s' * (len(grids) != 1)}")
     events = sorted((output / LOGS).glob("events.out.tfevents.*"))
     if events:
         lines.append(f"{LOGS + '/':14s} TensorBoard: tensorboard --logdir {output / LOGS}")
-    checkpoints = sorted(p.name for p in (output / CHECKPOINTS).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    checkpoints = sorted(p.name for p in (output / CHECKPOINTS).glob("step-*") if p.is_dir() and step_of(p) is not None)
     if checkpoints:
         lines.append(f"{CHECKPOINTS + '/':14s} {', '.join(checkpoints)}  (continue with --resume)")
     return lines

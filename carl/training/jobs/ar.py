@@ -7,15 +7,16 @@ from pathlib import Path
 
 from torch import nn
 
-from carl.checks import check_data_fits
 from carl.config import RecipeConfig, TrainConfig
 from carl.data import DataSource
-from carl.hub import write_model_folder_extras
-from carl.jobs.base import Job
+from carl.errors import CarlError
 from carl.model import ContinuousAR
-from carl.samples import save_sample_grid
-
-FIT_SAMPLES = 4096
+from carl.model.folder import write_model_folder_extras
+from carl.model.samples import save_sample_grid
+from carl.tokenizers.base import prepare_tokenizer
+from carl.training.cache import is_complete, load_cache
+from carl.training.checks import check_data_fits
+from carl.training.jobs.base import Job
 
 
 def train_temperature(schedule: tuple[tuple[float, float], ...], epoch: float) -> float:
@@ -60,6 +61,17 @@ class ARJob(Job):
         self.metric = cfg.eval.metric.build("metrics") if every else None
         self.cached_tokenizer = None  # the tokenizer state a token cache was encoded with
 
+    def dataset(self, source: DataSource):
+        """The data source's ``train`` split, or the rows of the recipe's token cache (``cache:``)."""
+        if self.cfg.cache is None:
+            return source.dataset("train")
+        folder = Path(self.cfg.cache)
+        if not is_complete(folder):
+            raise CarlError(f"the recipe reads the token cache {folder}, which is not complete: "
+                            f"run `carl cache` with this recipe first (it resumes where it stopped)")
+        dataset, self.cached_tokenizer = load_cache(self.cfg, folder)
+        return dataset
+
     def build(self, source: DataSource, dataset, resume: bool) -> ContinuousAR:
         model = ContinuousAR(self.cfg.model)
         check_data_fits(source, dataset, model.tokenizer, data=self.cfg.data.name, tokenizer_name=self.cfg.model.tokenizer.name)
@@ -68,10 +80,7 @@ class ARJob(Job):
         if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache
             model.tokenizer.load_state_dict(self.cached_tokenizer)
             return model
-        model.tokenizer.prepare()
-        if model.tokenizer.needs_fit:
-            count = min(len(dataset), FIT_SAMPLES)
-            model.tokenizer.fit(dataset[:count]["data"])
+        prepare_tokenizer(model.tokenizer, dataset)
         return model
 
     def param_groups(self, module: nn.Module, train: TrainConfig, lr: float) -> list[dict]:

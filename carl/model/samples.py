@@ -11,7 +11,7 @@ from PIL import Image
 
 from carl.config import SampleConfig
 from carl.data import DataSource
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TENSOR_SUFFIX = ".pt"

@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``checkpoints/step-NNNNNNN`` holding the weights and EMA weights
 (safetensors), the optimizer, scheduler, gradient-scaler and per-process RNG states (safetensors
-through :mod:`carl.state_files`), ``trainer_state.json``, the resolved recipe and, written last,
+through :mod:`carl.training.state_files`), ``trainer_state.json``, the resolved recipe and, written last,
 ``manifest.json``: the size and SHA-256 of every other file. It is written into a ``.tmp``
 folder and renamed when complete. Resuming takes the newest checkpoint whose files all match
 their manifest; a damaged one is named with the file at fault, moved aside (``.damaged``) so
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,28 +24,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from carl.errors import CarlError, CheckpointError, RecipeError
-from carl.state_files import load_tree, rng_state, save_tree, set_rng_state
+from carl.training.state_files import load_tree, rng_state, save_tree, set_rng_state
 
-CHECKPOINTS = "checkpoints"
-MANIFEST = "manifest.json"
-MODEL = "model.safetensors"
-EMA = "ema.safetensors"
-OPTIMIZER = "optimizer.safetensors"
-SCHEDULER = "scheduler.safetensors"
-SCALER = "scaler.safetensors"
-TRAINER_STATE = "trainer_state.json"
-_NAME = re.compile(r"step-(\d+)")
+from carl.layout import (
+    CHECKPOINTS, EMA_FILE, MANIFEST_FILE, OPTIMIZER_FILE, SCALER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
+    free_name, rng_file, step_name, step_of,
+)
 
 
 # -- layout ------------------------------------------------------------------------------------
 
 
 def checkpoint_path(output: Path, step: int) -> Path:
-    return Path(output) / CHECKPOINTS / f"step-{step:07d}"
-
-
-def rng_file(rank: int) -> str:
-    return f"rng-{rank}.safetensors"
+    return Path(output) / CHECKPOINTS / step_name(step)
 
 
 def list_checkpoints(output: Path) -> list[Path]:
@@ -54,12 +44,15 @@ def list_checkpoints(output: Path) -> list[Path]:
     folder = Path(output) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+    found = [p for p in folder.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(_NAME.fullmatch(Path(path).name).group(1))
+    step = step_of(path)
+    if step is None:
+        raise ValueError(f"{path} is not a checkpoint folder name (step-NNNNNNN)")
+    return step
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -74,27 +67,27 @@ def write_manifest(folder: Path, *, step: int, num_processes: int) -> None:
     """Record the size and SHA-256 of every file in ``folder``; written last, so its presence
     means every file was complete."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p.name != MANIFEST_FILE}
     manifest = {"format": 1, "step": step, "num_processes": num_processes, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
 def required_files(num_processes: int) -> list[str]:
-    return [MODEL, EMA, OPTIMIZER, SCHEDULER, TRAINER_STATE, *(rng_file(r) for r in range(num_processes))]
+    return [WEIGHTS_FILE, EMA_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE, *(rng_file(r) for r in range(num_processes))]
 
 
 def verify(folder: Path) -> str | None:
     """Why ``folder`` is not a complete, intact checkpoint (naming the file), or None if it is."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
         files, num_processes = manifest["files"], int(manifest["num_processes"])
     except FileNotFoundError:
-        return f"no {MANIFEST} (not completely written, or written by an older carl)"
+        return f"no {MANIFEST_FILE} (not completely written, or written by an older carl)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"{MANIFEST} is unreadable ({type(exc).__name__}: {exc})"
+        return f"{MANIFEST_FILE} is unreadable ({type(exc).__name__}: {exc})"
     for name in required_files(num_processes):
         if name not in files:
-            return f"{MANIFEST} does not list {name}"
+            return f"{MANIFEST_FILE} does not list {name}"
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
@@ -119,7 +112,7 @@ def choose_checkpoint(output: Path, say: Callable[[str], None] = print) -> Path 
         reason = verify(candidate)
         if reason is None:
             for bad, why in damaged:
-                moved = _free_name(bad.with_name(bad.name + ".damaged"))
+                moved = free_name(bad.with_name(bad.name + ".damaged"))
                 os.replace(bad, moved)
                 say(f"carl: checkpoint {bad} is damaged: {why}; moved it to {moved.name} and resuming from {candidate.name}")
             return candidate
@@ -158,13 +151,13 @@ def prune(output: Path, keep: int, newest: Path) -> list[Path]:
 def save_training_state(folder: Path, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler,
                         trainer_state: dict) -> None:
     """The main process's part of a checkpoint: weights, EMA, optimizer, scheduler, scaler, counters."""
-    save_file(_contiguous(model.state_dict()), str(folder / MODEL))
-    save_file(_contiguous(ema.module.state_dict()), str(folder / EMA))
-    save_tree(folder / OPTIMIZER, optimizer.state_dict())
-    save_tree(folder / SCHEDULER, scheduler.state_dict())
+    save_file(_contiguous(model.state_dict()), str(folder / WEIGHTS_FILE))
+    save_file(_contiguous(ema.module.state_dict()), str(folder / EMA_FILE))
+    save_tree(folder / OPTIMIZER_FILE, optimizer.state_dict())
+    save_tree(folder / SCHEDULER_FILE, scheduler.state_dict())
     if scaler is not None:
-        save_tree(folder / SCALER, scaler.state_dict())
-    (folder / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        save_tree(folder / SCALER_FILE, scaler.state_dict())
+    (folder / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
 
 
 def save_rng(folder: Path, rank: int) -> None:
@@ -181,18 +174,18 @@ def load_training_state(folder: Path, *, model: torch.nn.Module, ema, optimizer,
         CheckpointError: naming the file that does not fit this run (other process count,
             other model) or cannot be read.
     """
-    state = json.loads((folder / TRAINER_STATE).read_text())
+    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
     written_by = state.get("num_processes", 1)
     if written_by != num_processes:
         raise CheckpointError(f"{folder} was written by {written_by} process(es); resume it with the same number, "
                               f"not {num_processes} (the data order and random states are per process)")
-    _load_weights(model, folder / MODEL)
-    _load_weights(ema.module, folder / EMA)
+    _load_weights(model, folder / WEIGHTS_FILE)
+    _load_weights(ema.module, folder / EMA_FILE)
     ema.n_averaged.fill_(state["ema_updates"])
-    _load_with(optimizer, folder / OPTIMIZER)
-    _load_with(scheduler, folder / SCHEDULER)
+    _load_with(optimizer, folder / OPTIMIZER_FILE)
+    _load_with(scheduler, folder / SCHEDULER_FILE)
     if scaler is not None:
-        _load_with(scaler, folder / SCALER)
+        _load_with(scaler, folder / SCALER_FILE)
     set_rng_state(load_tree(folder / rng_file(rank)))
     return state
 
@@ -220,11 +213,3 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _free_name(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate

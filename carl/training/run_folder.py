@@ -18,16 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carl.errors import CarlError, FolderInUse
+from carl.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, RUN_FILE, RUN_OUTPUTS, STATE_DIR, free_name
 from carl.version import __version__
-
-STATE_DIR = ".carl"
-RUN_FILE = "run.json"
-LOCK_FILE = "lock"
-CHECKPOINTS = "checkpoints"
-# The top-level entries a training run writes: `--overwrite` clears them in a folder carl created
-# and moves a foreign file with one of these names aside (NAME.orig) instead of replacing it.
-RUN_OUTPUTS = ("checkpoints", "samples", "samples.png", "reconstructions.png", "config.json", "model.safetensors", "recipe.yaml",
-               "carl.json", "README.md", "carl")
 
 
 class RunFolder:
@@ -97,7 +89,7 @@ class RunFolder:
 
     def is_carl_run(self) -> bool:
         """Created by carl: it has ``.carl/run.json``, or (runs from before it existed) checkpoints and a recipe."""
-        legacy = (self.path / CHECKPOINTS).is_dir() and (self.path / "recipe.yaml").is_file()
+        legacy = (self.path / CHECKPOINTS).is_dir() and (self.path / RECIPE_FILE).is_file()
         return (self.state_dir / RUN_FILE).is_file() or legacy
 
     # -- the lock ----------------------------------------------------------------------------
@@ -152,7 +144,7 @@ class RunFolder:
             elif ours:
                 entry.unlink()
             else:
-                target = _free_name(entry.with_name(entry.name + ".orig"))
+                target = free_name(entry.with_name(entry.name + ".orig"))
                 entry.rename(target)
                 say(f"carl: moved {entry} to {target} (--overwrite keeps files carl did not write)")
         if ours:
@@ -199,14 +191,6 @@ def _in_use(folder: Path, lock: Path, holder: dict) -> str:
     who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
     return (f"{folder} is in use by another carl run ({who}); wait for it to end or choose another --output "
             f"(if no run uses it, delete {lock})")
-
-
-def _free_name(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists() or candidate.is_symlink():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
 
 
 def _read_json(path: Path) -> dict | None:

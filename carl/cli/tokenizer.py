@@ -7,31 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
-from carl.plugins import CarlError
+from carl.cli.program import app
+from carl.errors import CarlError
+from carl.tokenizers.base import FIT_SAMPLES
 
 tokenizer_app = typer.Typer(help="Tokenizers: train one with `carl train <tokenizer recipe>`; inspect and rescale here.",
                             no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 
 
 @tokenizer_app.command("scale")
 def scale(
     recipe: Annotated[str, typer.Argument(help="A recipe (tokenizer or AR) whose tokenizer and training data are measured.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides: model.tokenizer.weights=kl16.ckpt")] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Training items to measure.")] = 4096,
+    samples: Annotated[int, typer.Option("--samples", help="Training items to measure.")] = FIT_SAMPLES,
     write: Annotated[bool, typer.Option("--write", help="Store the result in the tokenizer folder the recipe loads (`path`).")] = False,
 ) -> None:
     """Measure the tokens of RECIPE's tokenizer on its training data and give the latent
     normalisation that makes them zero-mean and unit-variance (MAR's 0.2325 for KL-16 on ImageNet)."""
     from carl.config import TokenizerRecipeConfig, load_recipe
+    from carl.tokenizers.base import prepare_tokenizer
     from carl.tokenizers.normalize import normalize
 
     cfg = load_recipe(recipe, overrides or [])
     component = cfg.tokenizer if isinstance(cfg, TokenizerRecipeConfig) else cfg.model.tokenizer
-    tokenizer = component.build("tokenizers")
-    tokenizer.prepare()
     dataset = cfg.data.build("datasets").dataset("train")
-    if tokenizer.needs_fit:
-        tokenizer.fit(dataset[: min(len(dataset), samples)]["data"])
+    tokenizer = prepare_tokenizer(component.build("tokenizers"), dataset, samples)
     try:
         stats, options = normalize(tokenizer, dataset, samples=samples)
     except NotImplementedError as exc:

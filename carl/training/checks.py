@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import default_collate
 
 from carl.data import DataSource
-from carl.plugins import CarlError
+from carl.errors import CarlError
 from carl.tokenizers.base import Tokenizer
 
 PROBE_ITEMS = 2

@@ -16,12 +16,7 @@ from pathlib import Path
 
 import yaml
 
-CARD_FILE = "README.md"
-CONFIG_FILE = "config.json"
-RECIPE_FILE = "recipe.yaml"
-REQUIREMENTS_FILE = "carl.json"
-RESULTS_FILE = "results.json"
-SAMPLES_FILE = "samples.png"
+from carl.layout import CARD_FILE, CONFIG_FILE, RECIPE_FILE, REQUIREMENTS_FILE, RESULTS_FILE, SAMPLES_FILE, WEIGHTS_FILE
 
 
 def _read(folder: Path, name: str) -> dict | None:
@@ -107,7 +102,7 @@ def model_card(folder: Path, location: str | None = None) -> str:
     else:
         lines += ["## Recipe", "", "Saved from Python without a training recipe: `carl sample` uses the default "
                   "sampling settings, and writes the samples as a tensor (`.pt`) unless the data can be drawn.", ""]
-    lines += ["## Files", "", f"`{CONFIG_FILE}` (the model's parts), `model.safetensors` (the weights), "
+    lines += ["## Files", "", f"`{CONFIG_FILE}` (the model's parts), `{WEIGHTS_FILE}` (the weights), "
               f"`{REQUIREMENTS_FILE}` (the carl and plugin versions its parts need)"
               + (f", `{RECIPE_FILE}`" if recipe else "") + (f", `{RESULTS_FILE}`" if results else "") + ".", ""]
     return "\n".join(lines)

@@ -20,16 +20,15 @@ import torch
 from datasets import Array2D, Array3D, Array4D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
-from carl.checks import check_data_fits
 from carl.config import RecipeConfig, to_dict
-from carl.logs import interactive
-from carl.plugins import CarlError
-from carl.tokenizers.base import Tokenizer
+from carl.errors import CarlError
+from carl.layout import CACHE_MANIFEST, CACHE_TOKENIZER_FILE, shard_name
+from carl.progress import bar as progress_bar
+from carl.tokenizers.base import Tokenizer, prepare_tokenizer
+from carl.training.checks import check_data_fits
 
 ARRAYS = {2: Array2D, 3: Array3D, 4: Array4D}
-MANIFEST = "cache.json"
 
 
 def cache_key(cfg: RecipeConfig) -> dict:
@@ -52,7 +51,7 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
     if batch_size < 1 or shard_size < 1:
         raise CarlError(f"batch size {batch_size} and shard size {shard_size} must be >= 1")
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / MANIFEST
+    manifest = folder / CACHE_MANIFEST
     if manifest.exists():
         if json.loads(manifest.read_text())["key"] != cache_key(cfg):
             raise CarlError(f"{folder} holds a cache made with another tokenizer or data; choose another folder")
@@ -62,21 +61,20 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
     dataset = source.dataset("train")
     tokenizer: Tokenizer = cfg.model.tokenizer.build("tokenizers").eval()
     check_data_fits(source, dataset, tokenizer, data=cfg.data.name, tokenizer_name=cfg.model.tokenizer.name)
-    state_file = folder / "tokenizer.safetensors"
+    state_file = folder / CACHE_TOKENIZER_FILE
     if state_file.exists():  # resuming: the very state that encoded the first shards
         tokenizer.load_state_dict(load_file(state_file))
     else:
-        tokenizer.prepare()
-        if tokenizer.needs_fit:
-            tokenizer.fit(dataset[: min(len(dataset), 4096)]["data"])
+        prepare_tokenizer(tokenizer, dataset)
         save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, state_file)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer.to(device)
 
     shards = range(0, len(dataset), shard_size)
-    done = [i for i, _ in enumerate(shards) if (folder / f"shard-{i:05d}").exists()]
+    done = [i for i, _ in enumerate(shards) if (folder / shard_name(i)).exists()]
     first = len(done)  # shards are written in order; a .tmp one is incomplete and redone
-    bar = tqdm(total=len(dataset), initial=min(first * shard_size, len(dataset)), desc="caching", unit="item", disable=not interactive(progress))
+    bar = progress_bar(total=len(dataset), initial=min(first * shard_size, len(dataset)), desc="caching", unit="item",
+                       progress=progress)
     start, rows = time.perf_counter(), 0
     for index, begin in enumerate(shards):
         if index < first:
@@ -94,7 +92,8 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
             rows += len(batch["data"])
             bar.set_postfix({"items/s": f"{rows / (time.perf_counter() - start):.1f}"})
         arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
-        tmp, final = folder / f"shard-{index:05d}.tmp", folder / f"shard-{index:05d}"
+        final = folder / shard_name(index)
+        tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict(arrays, features=_features(arrays)).save_to_disk(str(tmp))
         os.replace(tmp, final)
@@ -107,14 +106,14 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / MANIFEST).exists()
+    return (folder / CACHE_MANIFEST).exists()
 
 
 def load_cache(cfg: RecipeConfig, folder: Path) -> tuple[Dataset, dict[str, torch.Tensor]]:
     """The cached rows (torch format) and the tokenizer state that made them."""
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = json.loads((folder / CACHE_MANIFEST).read_text())
     if manifest["key"] != cache_key(cfg):
         raise CarlError(f"the cache in {folder} was made with another tokenizer or data than this recipe; "
                         f"rebuild it with `carl cache` or point `cache` elsewhere")
-    shards = [load_from_disk(str(folder / f"shard-{i:05d}")) for i in range(manifest["shards"])]
-    return concatenate_datasets(shards).with_format("torch"), load_file(folder / "tokenizer.safetensors")
+    shards = [load_from_disk(str(folder / shard_name(i))) for i in range(manifest["shards"])]
+    return concatenate_datasets(shards).with_format("torch"), load_file(folder / CACHE_TOKENIZER_FILE)

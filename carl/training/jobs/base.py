@@ -1,6 +1,6 @@
 """The Job interface: what a training run trains.
 
-The :class:`carl.train.Trainer` owns the loop, the output folder, checkpoints, logging and the
+The :class:`carl.training.trainer.Trainer` owns the loop, the output folder, checkpoints, logging and the
 accelerate engine; a job says what is trained (a module whose ``forward(batch)`` is the loss),
 what the output folder becomes (:meth:`export`), and what is pictured along the way
 (:meth:`preview`). A new kind of training is a new job file, not a branch inside the loop.
@@ -15,6 +15,7 @@ from torch import nn
 
 from carl.config import TrainConfig
 from carl.data import DataSource
+from carl.layout import SAMPLES_FILE
 
 
 class Job(ABC):
@@ -22,10 +23,14 @@ class Job(ABC):
     ``picture`` is the file name of the latest preview in the output folder."""
 
     kind: str
-    picture: str = "samples.png"
+    picture: str = SAMPLES_FILE
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    def dataset(self, source: DataSource):
+        """The map-style dataset to train on; default: the data source's ``train`` split."""
+        return source.dataset("train")
 
     @abstractmethod
     def build(self, source: DataSource, dataset, resume: bool) -> nn.Module:
