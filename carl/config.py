@@ -1,10 +1,13 @@
 """Recipes: YAML validated once into frozen dataclasses.
 
-A recipe has five sections: ``model`` (the five parts), ``data``, ``train``, ``sample`` and
-``output``. Components are chosen by registered name (``score: {name: energy, alpha: 1.0}``);
-the registered class's own ``Config`` dataclass validates the remaining keys. Every error names
-the offending key path and, for unknown keys and names, the valid choices. No dicts travel past
-this module.
+An AR recipe (:class:`RecipeConfig`) has the sections ``model`` (the five parts), ``data``,
+``train``, ``sample`` and ``eval``, plus ``output`` and an optional token ``cache``; a tokenizer
+recipe (:class:`TokenizerRecipeConfig`, top-level ``tokenizer:`` instead of ``model:``) has
+``tokenizer``, ``loss``, ``data``, ``train``, ``eval`` and ``output``. A recipe may start with
+``extends: other-recipe``. Components are chosen by registered name (``score: {name: energy,
+alpha: 1.0}``); the registered class's own ``Config`` dataclass validates the remaining keys.
+Every error names the offending key path and, for unknown keys and names, the valid choices. No
+dicts travel past this module.
 """
 
 from __future__ import annotations
