@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import annotated_types as at
 
-from carl.errors import FieldError
+from carl import errors
 
 
 _BOUNDS = {at.Gt: ("gt", operator.gt, "(", ">"), at.Ge: ("ge", operator.ge, "[", ">="),
@@ -66,7 +66,7 @@ def _check_value(tp: Any, value: Any, path: str) -> None:
     if origin is Annotated:
         _check_value(args[0], value, path)
         if why := range_violation(value, args[1:]):
-            raise FieldError(path, why)
+            raise errors.FieldError(path, why)
     elif origin in (typing.Union, types.UnionType) and value is not None:
         for option in args:
             if option is not type(None):
@@ -91,3 +91,7 @@ def _unbounded(tp: Any) -> bool:
     if origin in (typing.Union, types.UnionType, tuple):
         return any(_unbounded(a) for a in typing.get_args(tp) if a is not Ellipsis)
     return tp in (int, float)
+
+
+def __getattr__(name: str):  # carl 0.1 defined FieldError here
+    return errors.moved_here(__name__, name)

@@ -52,7 +52,7 @@ class ContinuousAR(
                 plain form as read from ``config.json``.
 
         Raises:
-            carl.config.RecipeError: a part names an unknown component or a wrong option.
+            carl.errors.RecipeError: a part names an unknown component or a wrong option.
         """
         super().__init__()
         if isinstance(config, dict):  # from config.json; the Hub mixin decodes dataclasses only shallowly
