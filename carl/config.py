@@ -23,9 +23,8 @@ from typing import Annotated, Any, Literal
 import annotated_types as at
 import yaml
 
-from carl.errors import CarlError, RecipeError  # noqa: F401 (CarlError: re-exported)
+from carl.errors import CarlError, FieldError, RecipeError  # noqa: F401 (CarlError: re-exported)
 from carl.plugins import recipe_files, registry
-from carl.errors import FieldError
 from carl.ranges import check_ranges, range_violation
 
 
@@ -99,6 +98,9 @@ class TrainConfig:
     an epoch has fewer steps as the batch grows, and a larger rate needs no shorter warm-up."""
 
     seed: Annotated[int, at.Ge(0)] = 0
+    # Fine-tuning: start from the weights of a model folder, a checkpoint folder, a shipped name or
+    # a Hub repo id (the model section must describe the same architecture); not used on --resume.
+    init_from: str | None = None
     global_batch: Annotated[int, at.Ge(1)] = 64
     micro_batch: Annotated[int, at.Ge(1)] | None = None  # per device and step; None: global_batch / processes
     epochs: Annotated[float, at.Gt(0)] = 10.0

@@ -18,8 +18,7 @@ from typing import Any
 
 import pluggy
 
-from carl import hookspecs
-from carl import errors
+from carl import errors, hookspecs
 from carl.version import __version__
 
 ENTRY_POINT_GROUP = "carl"

@@ -19,7 +19,6 @@ import annotated_types as at
 
 from carl import errors
 
-
 _BOUNDS = {at.Gt: ("gt", operator.gt, "(", ">"), at.Ge: ("ge", operator.ge, "[", ">="),
            at.Lt: ("lt", operator.lt, ")", "<"), at.Le: ("le", operator.le, "]", "<=")}
 

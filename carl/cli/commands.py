@@ -49,8 +49,8 @@ def cache(
     shard_size: Annotated[int, typer.Option("--shard-size", help="Items per Arrow shard (the unit of resumption).")] = 4096,
 ) -> None:
     """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
-    from carl.training.cache import build_cache
     from carl.config import load_recipe
+    from carl.training.cache import build_cache
 
     cfg = load_recipe(recipe, overrides or [])
     folder = output or (Path(cfg.cache) if cfg.cache else None)

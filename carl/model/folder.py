@@ -23,7 +23,15 @@ from safetensors.torch import load_file
 from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, parse_yaml, to_dict
 from carl.errors import CarlError, WeightsError
 from carl.layout import (
-    CHECKPOINTS, CONFIG_FILE, EMA_FILE, PUBLISHED, RECIPE_FILE, REQUIREMENTS_FILE, RESULTS_FILE, WEIGHTS_FILE, step_of,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    EMA_FILE,
+    PUBLISHED,
+    RECIPE_FILE,
+    REQUIREMENTS_FILE,
+    RESULTS_FILE,
+    WEIGHTS_FILE,
+    step_of,
 )
 from carl.model.card import pip_requirement, write_card
 from carl.plugins import plugin_infos, registry

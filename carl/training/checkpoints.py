@@ -24,13 +24,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from carl.errors import CarlError, CheckpointError, RecipeError
-from carl.training.state_files import load_tree, rng_state, save_tree, set_rng_state
-
 from carl.layout import (
-    CHECKPOINTS, EMA_FILE, MANIFEST_FILE, OPTIMIZER_FILE, SCALER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
-    free_name, rng_file, step_name, step_of,
+    CHECKPOINTS,
+    EMA_FILE,
+    MANIFEST_FILE,
+    OPTIMIZER_FILE,
+    SCALER_FILE,
+    SCHEDULER_FILE,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+    free_name,
+    rng_file,
+    step_name,
+    step_of,
 )
-
+from carl.training.state_files import load_tree, rng_state, save_tree, set_rng_state
 
 # -- layout ------------------------------------------------------------------------------------
 

@@ -20,9 +20,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from carl.layout import CARD_FILE, CHECKPOINTS, CONFIG_FILE, LOGS, RECIPE_FILE, REQUIREMENTS_FILE, SAMPLES_DIR, SAMPLES_FILE, WEIGHTS_FILE, step_of
+from carl.layout import (
+    CARD_FILE,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    LOGS,
+    RECIPE_FILE,
+    REQUIREMENTS_FILE,
+    SAMPLES_DIR,
+    SAMPLES_FILE,
+    WEIGHTS_FILE,
+    step_of,
+)
 from carl.progress import duration, interactive, size
-
 
 
 @dataclass(frozen=True)

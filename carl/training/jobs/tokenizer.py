@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from carl.training.checks import check_data_fits
 from carl.config import ReconstructionConfig, TokenizerRecipeConfig, dump_recipe
 from carl.data import DataSource
-from carl.training.jobs.base import Job
 from carl.errors import CarlError
 from carl.layout import RECONSTRUCTIONS_FILE
 from carl.model.samples import tile
 from carl.tokenizers.base import Tokenizer
 from carl.tokenizers.normalize import normalize
 from carl.tokenizers.pretrained import reconstruct, save_tokenizer
+from carl.training.checks import check_data_fits
+from carl.training.jobs.base import Job
 
 
 def reconstruction_error(out: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
