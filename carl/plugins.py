@@ -99,6 +99,7 @@ class _State:
     manager: pluggy.PluginManager | None = None
     registries: dict[str, Registry] = {}
     infos: dict[str, PluginInfo] = {}
+    warned: set[tuple[str, str]] = set()  # (plugin, reason) already said in this process
 
 
 def _allowed_plugins() -> set[str] | None:
@@ -109,10 +110,15 @@ def _allowed_plugins() -> set[str] | None:
 
 
 def _fail(info: PluginInfo, reason: str) -> None:
-    """Mark a plugin failed (the first reason is kept) and say so once."""
+    """Mark a plugin failed (the first reason is kept) and say so once per process: plugins are
+    loaded again (``load_plugins(force=True)``), but a user needs to hear it once; ``carl
+    plugins`` shows every failure in full."""
     if info.error is None:
         info.error = reason
-        warnings.warn(f"carl plugin '{info.name}' ({info.module}) failed to load: {reason}", stacklevel=3)
+        if (info.name, reason) not in _State.warned:
+            _State.warned.add((info.name, reason))
+            warnings.warn(f"carl plugin '{info.name}' ({info.module}) failed to load: {reason} (see `carl plugins`)",
+                          stacklevel=3)
 
 
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:

@@ -10,6 +10,7 @@ the whole key path (``train.ema_decay: 2.0 is out of range; allowed: [0, 1)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import types
 import typing
@@ -40,10 +41,19 @@ def describe_range(metadata: tuple) -> str:
     return " and ".join(f"{text} {v:g}" for (_, _, _, text), v in bounds)
 
 
+# No setting of carl's is this large; past it a float cannot even hold a count exactly.
+MAX_MAGNITUDE = 2**53
+
+
 def range_violation(value: Any, metadata: tuple) -> str | None:
-    """Why ``value`` lies outside the range that annotations ``metadata`` declare, or None."""
-    if not isinstance(value, (int, float)):  # types are checked elsewhere
+    """Why ``value`` lies outside the range that annotations ``metadata`` declare, or None. Every
+    number must also be finite and at most 2**53 in size, whatever its declared range."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):  # types are checked elsewhere
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"{value!r} is too large (at most 2**53)"
     for c in _bounds(metadata):
         attr, test, _, _ = _BOUNDS[type(c)]
         if not test(value, getattr(c, attr)):

@@ -63,7 +63,8 @@ def test_verify_names_the_bad_file(tmp_path):
     names = ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "scheduler.safetensors", "rng-0.safetensors"]
     for name in names:
         save_tree(folder / name, {"x": torch.arange(4.0)})
-    (folder / "trainer_state.json").write_text(json.dumps({"step": 4}))
+    (folder / "trainer_state.json").write_text(json.dumps({"step": 4, "ema_updates": 4, "num_processes": 1, "accelerator_step": 0,
+                                                        "skipped_nonfinite": 0}))
     assert verify(folder) == "no manifest.json (not completely written, or written by an older carl)"
     write_manifest(folder, step=4, num_processes=1)
     assert verify(folder) is None

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from carl import cli
+import carl.plugins as plugins
 from carl.plugins import load_plugins, plugin_infos, registry
 
 PLUGINS = {
@@ -83,6 +84,7 @@ def installed(tmp_path, monkeypatch):
         (info / "entry_points.txt").write_text(f"[carl]\n{name} = carl_iso_{name}.plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CARL_PLUGINS", ",".join(PLUGINS))
+    monkeypatch.setattr(plugins._State, "warned", set())  # each test is a fresh process as far as warnings go
     with pytest.warns(UserWarning, match="failed to load"):
         load_plugins(force=True)
     yield

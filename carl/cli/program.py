@@ -74,9 +74,9 @@ def _run(args: list[str], debug: bool) -> None:
         sys.exit(getattr(exc, "exit_code", 1))  # an interrupted run: 128 + the signal
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a stop signal given twice (130 / 143)
         typer.echo("interrupted; continue with --resume", err=True)
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))
     if isinstance(code, int) and code:  # typer.Exit(code) returns it outside standalone mode (Ctrl-C: 130)
         if code == 130:
             typer.echo("interrupted; continue with --resume", err=True)

@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from carl.config import Component, ModelConfig, from_dict, to_dict
+from carl.config import Component, ModelConfig, SampleConfig, from_dict, to_dict
 from carl.model import generation
 from carl.model.backbone import Backbone
 from carl.model.folder import ModelFolderMixin
@@ -73,6 +73,7 @@ class ContinuousAR(
             query_next=self.order.query_next,
         )
         self.score = config.score.build("scores", hidden_dim=config.backbone.width, token_dim=self.tokenizer.token_dim)
+        self.sample_config = SampleConfig()  # generate()'s defaults; from_pretrained sets the shipped ones
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -181,10 +182,10 @@ class ContinuousAR(
         condition: torch.Tensor | None = None,
         *,
         batch_size: int | None = None,
-        num_steps: int = 64,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
         return_tokens: bool = False,
@@ -201,6 +202,9 @@ class ContinuousAR(
             cfg: classifier-free guidance scale (1: none).
             cfg_schedule: ``linear`` (scale grows with the share of known tokens, as in MAR/EAR) or ``constant``.
             temperature: the scoring rule's sampling temperature.
+                Each of these four defaults to :attr:`sample_config`: the settings the model was
+                trained and shipped with (its recipe's ``sample`` section, read by
+                :meth:`from_pretrained`), or carl's defaults (64 steps, CFG 1, linear, temperature 1).
             generator: seeds the order and the sampling noise.
             progress: show a progress bar over generation steps.
             prompt: tokens ``(B, K, D)`` given for the first K positions (causal order only):
@@ -223,6 +227,11 @@ class ContinuousAR(
         Example:
             ``model.generate(torch.tensor([3, 5]), num_steps=16, cfg=4.0, temperature=0.7)``
         """
+        defaults = self.sample_config
+        num_steps = defaults.num_steps if num_steps is None else num_steps
+        cfg = defaults.cfg if cfg is None else cfg
+        cfg_schedule = defaults.cfg_schedule if cfg_schedule is None else cfg_schedule
+        temperature = defaults.temperature if temperature is None else temperature
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if prompt is not None:

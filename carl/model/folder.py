@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file
 
-from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, parse_yaml, to_dict
+from carl.config import ModelConfig, RecipeConfig, SampleConfig, dump_recipe, from_dict, parse_yaml, to_dict
 from carl.errors import CarlError, WeightsError
 from carl.layout import (
     CHECKPOINTS,
@@ -35,7 +35,7 @@ from carl.layout import (
 )
 from carl.model.card import pip_requirement, write_card
 from carl.plugins import plugin_infos, registry
-from carl.remote import check_repo_id, upload_folder
+from carl.remote import check_repo_id, hub_failure, is_hub_error, upload_folder
 from carl.version import __version__
 from carl.weights import load_strict
 
@@ -193,6 +193,7 @@ class ModelFolderMixin(PyTorchModelHubMixin):
     (its :class:`carl.config.ModelConfig`) and takes it as its only constructor argument."""
 
     config: ModelConfig
+    sample_config: SampleConfig  # the sampling settings of its recipe, when the folder has one
 
     def save_pretrained(
         self,
@@ -296,10 +297,17 @@ class ModelFolderMixin(PyTorchModelHubMixin):
             if is_checkpoint(folder):
                 return cls.from_checkpoint(folder).to(map_location)
             read_config(folder)  # a missing or corrupt config.json named in one line, before the mixin reads it
-        return super().from_pretrained(
-            pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
-            force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,
-        )
+        try:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,
+            )
+        except CarlError:
+            raise
+        except Exception as exc:
+            if folder.is_dir() or not is_hub_error(exc):
+                raise
+            raise hub_failure(exc, f"cannot load '{pretrained_model_name_or_path}' from the Hub") from exc
 
     @classmethod
     def from_checkpoint(cls, folder: Path):
@@ -312,6 +320,7 @@ class ModelFolderMixin(PyTorchModelHubMixin):
             load_safetensors(model, str(folder / EMA_FILE), strict=True)
         except Exception as exc:
             raise CarlError(f"cannot read the EMA weights {folder / EMA_FILE}: {type(exc).__name__}: {exc}") from exc
+        model.sample_config = recipe.sample
         return model.eval()
 
     @classmethod
@@ -340,7 +349,11 @@ class ModelFolderMixin(PyTorchModelHubMixin):
         if requirements_file is not None:
             check_requirements(requirements_file.parent)
         model = cls(**model_kwargs)
-        return cls._load_as_safetensor(model, str(fetch(WEIGHTS_FILE, required=True)), map_location, strict)
+        model = cls._load_as_safetensor(model, str(fetch(WEIGHTS_FILE, required=True)), map_location, strict)
+        recipe_file = fetch(RECIPE_FILE, required=False)
+        if recipe_file is not None:  # the sampling settings it was trained and shipped with
+            model.sample_config = read_recipe(recipe_file.parent).sample
+        return model
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file, map_location, strict):

@@ -29,21 +29,24 @@ def grid_conditions(model, rows: int, per_row: int) -> torch.Tensor | None:
     return None if conditions is None else conditions.repeat_interleave(per_row)
 
 
-def generate_grid(model, sample: SampleConfig, conditions: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
-    """Decoded samples for a ``rows x per_row`` grid under the recipe's sampling settings."""
+def generate_grid(model, sample: SampleConfig, conditions: torch.Tensor | None = None, progress: bool = False,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Decoded samples for a ``rows x per_row`` grid under the recipe's sampling settings, generated
+    ``batch_size`` at a time (default: all at once; one seeded generator runs through the batches,
+    so the samples depend on the batch size)."""
     if conditions is None:
         conditions = grid_conditions(model, sample.rows, sample.per_row)
+    total = sample.rows * sample.per_row if conditions is None else len(conditions)
+    batch_size = batch_size or total
     generator = torch.Generator(device="cpu").manual_seed(sample.seed)
-    return model.generate(
-        conditions,
-        batch_size=sample.rows * sample.per_row,
-        num_steps=sample.num_steps,
-        cfg=sample.cfg,
-        cfg_schedule=sample.cfg_schedule,
-        temperature=sample.temperature,
-        generator=generator,
-        progress=progress,
-    )
+    settings = dict(num_steps=sample.num_steps, cfg=sample.cfg, cfg_schedule=sample.cfg_schedule,
+                    temperature=sample.temperature, generator=generator, progress=progress)
+    batches = []
+    for start in range(0, total, batch_size):
+        count = min(batch_size, total - start)
+        chunk = None if conditions is None else conditions[start : start + count]
+        batches.append(model.generate(chunk, batch_size=count, **settings))
+    return torch.cat(batches)
 
 
 def render(source: DataSource, data: torch.Tensor) -> np.ndarray | None:

@@ -125,6 +125,10 @@ class TokenizerJob(Job):
     def refresh_card(self, module: AutoencoderObjective, folder: Path, figures: dict) -> None:
         self.export(module, folder, figures)  # small, and finish() changed the normalisation buffers
 
+    def describe_output(self, output: Path) -> tuple[str, str]:
+        return "tokenizer folder", (f"an AR recipe uses it as model.tokenizer: {{name: {self.cfg.tokenizer.name}, "
+                                    f"path: {output}}}; not a model for `carl sample`")
+
     def preview(self, module: AutoencoderObjective, source: DataSource, path: Path) -> Path | None:
         """Originals above their reconstructions, ``eval.preview_rows`` pairs of rows of 10."""
         rows = self.cfg.eval.preview_rows
