@@ -30,9 +30,17 @@ def train(
     code = spread_cpu_launch()  # `accelerate launch --cpu --num_processes N` started only this process
     if code is not None:
         raise typer.Exit(code)
+    from carl.api import resolve
     from carl.api import train as run_training
+    from carl.config import TokenizerRecipeConfig
 
-    run_training(recipe, overrides or [], output=output, resume=resume, progress=progress, overwrite=overwrite)
+    out = run_training(recipe, overrides or [], output=output, resume=resume, progress=progress, overwrite=overwrite)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report for a multi-process run
+        return
+    kind = "tokenizer" if isinstance(resolve(recipe, overrides or []), TokenizerRecipeConfig) else "model"
+    typer.echo(f"{kind} folder: {out}")  # the training summary above lists the rest
 
 
 @app.command()

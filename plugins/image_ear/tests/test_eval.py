@@ -105,7 +105,7 @@ def test_eval_command_writes_grid_and_metrics(tiny_model, tmp_path, fake_fidelit
 
 def test_fid_during_training(tmp_path, fake_fidelity):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(6), sigma=np.eye(6))
-    overrides = [*TINY, "train.max_steps=4", "sample.num_steps=2", "eval.every_epochs=0.004",  # every 2 of 500 steps/epoch
+    overrides = [*TINY[1:], "train.max_steps=4", "sample.num_steps=2", "eval.every_epochs=0.004",  # every 2 of 500 steps/epoch
                  f"eval.metric={{name: fid, reference: {tmp_path / 'ref.npz'}, num_images: 20, batch_size: 10}}"]
     result = CliRunner().invoke(app, ["train", "mnist-ear", *overrides, "--output", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
