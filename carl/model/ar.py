@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from carl.config import Component, ModelConfig, SampleConfig, from_dict, to_dict
-from carl.model import generation
+from carl.model import completion, generation
 from carl.model.backbone import Backbone
 from carl.model.folder import ModelFolderMixin
 from carl.orders.base import Plan, gather_rows
@@ -253,6 +253,8 @@ class ContinuousAR(
             n = self.tokenizer.num_tokens
             order = self.order.generation_order(batch_size, n, generator, device)
             schedule = self.order.schedule(n, num_steps)
+            if prompt is not None:  # its tokens are given, not generated
+                schedule = [known for known in schedule if known > prompt.shape[1]]
             steps = bar(schedule, desc="generating", leave=False, progress=progress)
             sampler = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, generator=generator)
             if self.order.attention == "bidirectional":
@@ -263,6 +265,101 @@ class ContinuousAR(
         finally:
             self.train(was_training)
         return tokens if return_tokens else self.tokenizer.decode(tokens)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        data: torch.Tensor,
+        known_mask: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_tokens: bool = False,
+        keep_known: bool = True,
+    ) -> torch.Tensor:
+        """Complete partly known data: the parts not in ``known_mask`` are generated, consistent with
+        the known ones (inpainting, outpainting, the rest of a half digit, a gap in a series).
+
+        The data goes through the tokenizer: its tokens are encoded (the posterior mean for a VAE)
+        and the data mask is mapped to a token mask by :meth:`Tokenizer.token_mask`: a token is
+        known when every value it covers is known, so a token that covers part of the hole is
+        generated whole. With ``keep_known`` the known values of ``data`` are put back into the
+        decoded result (a tokenizer reconstructs them only approximately).
+
+        Args:
+            data: a batch in the tokenizer's data layout (images ``(B, C, H, W)``, series ``(B, T, C)``).
+            known_mask: bool, True where ``data`` is known; ``data``'s shape or one that broadcasts
+                to it (``(H, W)`` for one mask over a batch of images).
+            condition: one condition per sample (class labels ``(B,)``), or None.
+            num_steps, cfg, cfg_schedule, temperature, generator, progress: as :meth:`generate`.
+            return_tokens: return the completed tokens ``(B, N, D)`` instead of decoding them.
+            keep_known: put the known values of ``data`` back into the decoded result.
+
+        Returns:
+            The completed data (``data``'s shape), or tokens with ``return_tokens``.
+
+        Raises:
+            ValueError: the order cannot condition on the known part (the causal order completes
+                a prefix only), or the mask does not fit the data.
+            NotImplementedError: the tokenizer cannot map a data mask to tokens (complete tokens
+                with :meth:`complete_tokens` then).
+
+        Example:
+            ``top = torch.zeros(28, 28, dtype=torch.bool); top[:14] = True``
+            ``model.complete(digits, top, labels)``
+        """
+        try:
+            mask = torch.as_tensor(known_mask, dtype=torch.bool, device=data.device).expand_as(data)
+        except RuntimeError as exc:
+            raise ValueError(f"known_mask of shape {tuple(torch.as_tensor(known_mask).shape)} does not fit data of shape "
+                             f"{tuple(data.shape)}") from exc
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = self.tokenizer.encode(data.to(self.backbone.pos_embed.device))
+            known = self.tokenizer.token_mask(mask).to(tokens.device)
+        finally:
+            self.train(was_training)
+        completed = self.complete_tokens(tokens, known, condition, num_steps=num_steps, cfg=cfg, cfg_schedule=cfg_schedule,
+                                         temperature=temperature, generator=generator, progress=progress)
+        if return_tokens:
+            return completed
+        decoded = self.tokenizer.decode(completed)
+        return torch.where(mask.to(decoded.device), data.to(decoded), decoded) if keep_known else decoded
+
+    @torch.no_grad()
+    def complete_tokens(
+        self,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Tokens ``(B, N, D)`` whose positions not ``known (B, N)`` are generated, the known ones
+        returned exactly as given (:mod:`carl.model.completion`; settings as :meth:`generate`)."""
+        defaults = self.sample_config
+        settings = dict(num_steps=defaults.num_steps if num_steps is None else num_steps,
+                        cfg=defaults.cfg if cfg is None else cfg,
+                        cfg_schedule=defaults.cfg_schedule if cfg_schedule is None else cfg_schedule,
+                        temperature=defaults.temperature if temperature is None else temperature)
+        was_training = self.training
+        self.eval()
+        try:
+            return completion.complete_tokens(self, tokens, known, condition, generator=generator, progress=progress,
+                                              static=generation.static_by_default(tokens.device), **settings)
+        finally:
+            self.train(was_training)
 
 
 def _with_resolved_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
