@@ -84,3 +84,12 @@ def test_a_file_that_is_not_an_image_is_named(digit_model, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not an image")
     code, _, err = run(["sample", str(digit_model), "--inpaint", str(tmp_path / "notes.txt"), "--keep", "top"], capsys)
     assert code == 1 and err.startswith(f"error: cannot read the image {tmp_path / 'notes.txt'}")
+
+
+def test_kl16_knows_a_token_when_its_16_x_16_block_is_known():
+    from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
+
+    tokenizer = KL16Tokenizer(KL16Config(image_size=32, ch=32, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1, attn_levels=[]))
+    known = torch.ones(1, 3, 32, 32, dtype=torch.bool)
+    known[0, 2, 20, 3] = False  # one value of one channel in block (1, 0)
+    assert tokenizer.token_mask(known).tolist() == [[True, True, False, True]]
