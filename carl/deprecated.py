@@ -86,4 +86,6 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install() -> None:
     """Make the old paths importable (idempotent); called by ``import carl``."""
     if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
-        sys.meta_path.append(_Finder())
+        # first: ``carl.jobs.ar`` must not reach the path finder, which would find the file through
+        # ``carl.jobs.__path__`` (carl/training/jobs/) and load a second copy of the module
+        sys.meta_path.insert(0, _Finder())

@@ -433,3 +433,8 @@ def test_a_dumped_recipe_keeps_the_order_of_the_sections_and_keys():
     assert list(dumped) == [f.name for f in dataclasses.fields(RecipeConfig)]
     assert list(dumped["train"]) == [f.name for f in dataclasses.fields(TrainConfig)]
     assert list(dumped["model"]["score"])[0] == "name"
+
+
+def test_tokenizer_recipe_is_its_own_kind():
+    cfg = load_recipe("tiny-ae")
+    assert isinstance(cfg, TokenizerRecipeConfig) and cfg.tokenizer.options.channels_last

@@ -16,7 +16,7 @@ from carl.model import ContinuousAR
 from carl.api import train
 from carl.training.trainer import Trainer
 from helpers import tiny_model_config
-from test_accel import check_kv_cache_sampling, randomized
+from helpers.models import check_kv_cache_sampling, randomized
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
