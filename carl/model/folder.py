@@ -165,6 +165,23 @@ def write_model_folder_extras(folder: Path, recipe: RecipeConfig | ModelConfig |
     write_card(folder, location)
 
 
+def record_results(folder: str | Path, figures: dict) -> Path:
+    """Add measured ``figures`` (e.g. ``{"FID (50,000 images, 64 steps, CFG 3.0)": 2.8}``) to a local
+    model folder's ``results.json`` (figures of the same name are replaced, others kept) and
+    rewrite its card, so the figures travel with the model; returns the results file."""
+    folder = local_folder(folder)
+    path = folder / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise CarlError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(results, dict):
+        raise CarlError(f"{path} is not a JSON object of figures")
+    path.write_text(json.dumps({**results, **figures}, indent=2, default=str))
+    write_card(folder)
+    return path
+
+
 def publish(folder: str | Path, repo_id: str, *, private: bool = False, weights: Path | None = None, api=None,
             commit_message: str = "Upload carl model") -> str:
     """Upload a local model folder's published files (:data:`carl.layout.PUBLISHED`; never its

@@ -89,6 +89,7 @@ class Trainer:
         self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
         self.job_figures: dict[str, str] = {}
         self.finished = False  # whether job.finish() has run on the EMA weights
+        self.eval_figures: dict[str, str] = {}  # the latest evaluation's, for the card
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
         self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=train.mixed_precision != "fp16",
                                     device=self.accelerator.device)
@@ -221,7 +222,7 @@ class Trainer:
             figures["training loss (last logged)"] = f"{self.last_loss:.4f}"
         if self.step < self.total_steps:  # a checkpoint during training, or an interrupted run
             figures["status"] = f"unfinished: step {self.step} of {self.total_steps} (continue with `carl train ... --resume`)"
-        return {**figures, **self.job_figures}
+        return {**figures, **self.eval_figures, **self.job_figures}
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -316,6 +317,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             start = time.perf_counter()
             metrics = self.job.evaluate(self.ema.module)
+            self.eval_figures = {f"{k} (eval.metric, step {self.step})": f"{v:.4g}" for k, v in metrics.items()}
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             self.log.write(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
                            f"[{time.perf_counter() - start:.1f}s]")

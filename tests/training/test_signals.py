@@ -15,6 +15,7 @@ from carl.errors import TrainingInterrupted
 from carl.training.checkpoints import verify
 from carl.training.signals import StopOnSignal
 from carl.training.trainer import Trainer
+from carl.errors import StoppedAtOnce
 
 
 def test_sigint_checkpoints_at_the_step_boundary_and_the_folder_does_not_look_finished(tmp_path, monkeypatch):
@@ -62,3 +63,23 @@ def test_a_second_identical_signal_stops_at_once():
         os.kill(os.getpid(), signal.SIGINT)  # another signal (a launcher passing it on) does not abort
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_second_signal_stops_with_its_own_exit_code(signum, code, capsys, monkeypatch):
+    import carl.cli.program as program
+
+    with StopOnSignal():
+        os.kill(os.getpid(), signum)
+        with pytest.raises(StoppedAtOnce) as stopped:
+            os.kill(os.getpid(), signum)
+    assert stopped.value.exit_code == code and isinstance(stopped.value, KeyboardInterrupt)
+
+    def app(**kwargs):
+        raise StoppedAtOnce(signum)
+
+    monkeypatch.setattr(program, "app", app)
+    monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
+    with pytest.raises(SystemExit) as exit_:
+        program.main(["train", "tiny"])
+    assert exit_.value.code == code
