@@ -19,17 +19,7 @@ from carl.config import load_recipe
 from carl.data import ToyConfig, ToySequences
 from carl.testing import options_without_help
 from carl.tokenizers.pretrained import load_tokenizer, save_tokenizer
-
-
-def run(argv, capsys):
-    """``carl ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from helpers import run_cli as run
 
 
 @pytest.mark.parametrize(
