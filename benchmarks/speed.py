@@ -3,6 +3,7 @@
     python benchmarks/speed.py                                   # CPU, the small shape, eager
     python benchmarks/speed.py --device cuda --shape ear-b       # eager and compiled, bf16
     python benchmarks/speed.py --device cuda --shape mar-b --modes compiled
+    python benchmarks/speed.py --shape mnist --modes eager,compiled     # the CPU ratio compiled / eager
 
 Shapes (tokens are random, so no tokenizer or data set is needed; the backbone, order and head
 are the recipe's):
@@ -165,7 +166,12 @@ def bench_mode(shape: Shape, mode: str, args, device, autocast) -> list[Row]:
         opt.zero_grad(set_to_none=True)
 
     rows = []
-    seconds, memory = measure(device, train_step, args.repeats, warmup)
+    start = time.perf_counter()
+    for _ in range(warmup):  # compiled: these calls compile (static, then dynamic shapes)
+        train_step()
+    sync(device)
+    print(f"{mode}: the first {warmup} train steps took {time.perf_counter() - start:.1f} s", flush=True)
+    seconds, memory = measure(device, train_step, args.repeats, 0)
     with autocast:
         train_flops = 3 * flops_of(lambda: model(batch))  # backward ~ 2x forward
     rows.append(Row(f"train step, {shape.model['order']['name']}, batch {b}", mode, seconds, b, train_flops, memory))
@@ -226,8 +232,17 @@ def main() -> None:
         flops = f"{r.flops / 1e9:.1f} | {r.flops / r.seconds / 1e12:.3g} | {r.flops / r.seconds / peak:.1%}" if r.flops else " | | "
         memory = f"{r.memory / 2**30:.2f} GiB" if r.memory is not None else ""
         print(f"| {r.what} | {r.mode} | {r.seconds * 1e3:,.1f} ms | {per_image} | {rate} | {flops} | {memory} |")
+    for line in compiled_ratios(rows):
+        print(line)
     if device.type != "cuda":
         print(f"process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def compiled_ratios(rows: list[Row]) -> list[str]:
+    """``compiled / eager`` time of each row measured both ways (below 1: compiling pays)."""
+    eager = {r.what: r.seconds for r in rows if r.mode == "eager"}
+    return [f"{r.what}: compiled / eager time {r.seconds / eager[r.what]:.2f} ({eager[r.what] / r.seconds:.2f}x speed)"
+            for r in rows if r.mode == "compiled" and r.what in eager]
 
 
 if __name__ == "__main__":
