@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from carl.hub import load_model
+from carl.model import load_model
 from carl_image_ear.mnist import mnist_arrays
 
 

@@ -41,9 +41,9 @@ from PIL import Image, ImageDraw
 
 from carl.config import ModelConfig, from_dict, load_recipe, to_dict
 from carl.data import ToyConfig, ToySequences
-from carl.hub import load_model
+from carl.model import load_model
 from carl.model import ContinuousAR
-from carl.train import train
+from carl.api import train
 
 TOY_RULES = {
     "energy": {"name": "energy", "alpha": 1.0},

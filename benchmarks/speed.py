@@ -20,7 +20,7 @@ are the recipe's):
 
 A train step is forward (under bf16 autocast with ``--dtype bf16``), backward and the AdamW step
 (fused on CUDA), as in ``carl.train``; the EMA update is timed on its own row. ``compiled`` runs
-``carl.accel.compile_model`` (backbone and head; the KV-cache loop of causal sampling stays eager).
+``carl.training.accel.compile_model`` (backbone and head; the KV-cache loop of causal sampling stays eager).
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real calls (matmuls,
 attention and convolutions; elementwise work is not counted), a training step as 3x its forward.
 MFU is FLOP/s over the peak: ``--peak-tflops`` if given, else the measured throughput of a large
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from carl.accel import DeviceEMA, compile_model, optimizer_options
+from carl.training.accel import DeviceEMA, compile_model, optimizer_options
 from carl.config import ModelConfig, from_dict
 from carl.model import ContinuousAR
 

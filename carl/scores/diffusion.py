@@ -10,7 +10,8 @@ import annotated_types as at
 import torch
 from torch import nn
 
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl.scores.base import Guidance, ScoringRule
 from carl.scores.generator import FinalLayer, ResBlock, init_adaln_mlp
 from carl.scores.log_score import standard_normal
@@ -32,7 +33,7 @@ class DiffusionScoreConfig:
     depth: Annotated[int, at.Ge(1)] = 3
     width: Annotated[int, at.Ge(1)] = 256
     train_steps: Annotated[int, at.Ge(1)] = 1000
-    sample_steps: Annotated[int, at.Ge(1)] = 100
+    sample_steps: Annotated[int, at.Ge(2)] = 100  # 2 at least: one respaced step is no chain (MAR fails on it too)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_mul: Annotated[int, at.Ge(1)] = 4
     clip_x0: Annotated[float, at.Gt(0)] | None = None

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 ETS_FORMS = ({"trend": None}, {"trend": "add"}, {"trend": "add", "damped_trend": True})
 ARIMA_ORDERS = ((1, 0, 0), (2, 0, 0), (1, 0, 1))

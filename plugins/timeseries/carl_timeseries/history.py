@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 QUARTER = re.compile(r"^\d{4}Q[1-4]$")  # 2004Q1
 

@@ -12,8 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from carl.config import load_recipe
-from carl.plugins import CarlError, register_commands
-from carl.train import train
+from carl.errors import CarlError
+from carl.plugins import register_commands
+from carl.api import train
 from carl_timeseries.baselines import arima, ets, last_value
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.data import CHANNELS, UNITS, macro_history
