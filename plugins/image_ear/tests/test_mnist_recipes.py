@@ -15,7 +15,7 @@ def test_mnist_flow_is_mnist_ear_with_the_flow_head():
 @pytest.mark.parametrize("recipe,override,message", [
     ("mnist-flow", "model.score.sample_steps=0", "model.score.sample_steps: 0 is out of range; allowed: >= 1"),
     ("mnist-flow", "model.score.solver=rk4", "model.score.solver"),
-    ("mnist-diffusion", "model.score.sample_steps=0", "model.score.sample_steps: 0 is out of range; allowed: >= 1"),
+    ("mnist-diffusion", "model.score.sample_steps=0", "model.score.sample_steps: 0 is out of range; allowed: >= 2"),
 ])
 def test_nonsense_head_sampler_options_fail_at_recipe_load(recipe, override, message):
     with pytest.raises(RecipeError, match=message):

@@ -37,7 +37,7 @@ def test_a_switched_head_samples_as_one_built_with_the_option(name):
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("diffusion", {"sample_steps": 0}, "sample_steps 0 is out of range; allowed: >= 1"),
+    ("diffusion", {"sample_steps": 1}, "sample_steps 1 is out of range; allowed: >= 2"),
     ("diffusion", {"sample_steps": 1001}, "sample_steps 1001 exceeds train_steps 1000"),
     ("flow", {"sample_steps": -3}, "sample_steps -3 is out of range; allowed: >= 1"),
 ])
