@@ -132,7 +132,7 @@ def test_a_plugin_reusing_a_name_fails_alone_and_names_both(fresh, monkeypatch):
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: crps, diffusion, energy, gaussian, gmm, kernel"):
+    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: crps, diffusion, energy, flow, gaussian, gmm, kernel"):
         registry("scores").get("nope")
 
 
