@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from carl import cli
 import carl.plugins as plugins
 from carl.plugins import load_plugins, plugin_infos, registry
+from helpers import run_cli as run
 
 PLUGINS = {
     "good": '''
@@ -92,16 +92,6 @@ def installed(tmp_path, monkeypatch):
         del sys.modules[module]
     monkeypatch.undo()
     load_plugins(force=True)
-
-
-def run(argv, capsys):
-    try:
-        cli.main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_each_broken_plugin_fails_alone_with_its_reason(installed):

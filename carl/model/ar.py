@@ -227,11 +227,7 @@ class ContinuousAR(
         Example:
             ``model.generate(torch.tensor([3, 5]), num_steps=16, cfg=4.0, temperature=0.7)``
         """
-        defaults = self.sample_config
-        num_steps = defaults.num_steps if num_steps is None else num_steps
-        cfg = defaults.cfg if cfg is None else cfg
-        cfg_schedule = defaults.cfg_schedule if cfg_schedule is None else cfg_schedule
-        temperature = defaults.temperature if temperature is None else temperature
+        num_steps, cfg, cfg_schedule, temperature = self._sampling(num_steps, cfg, cfg_schedule, temperature)
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if prompt is not None:
@@ -265,6 +261,12 @@ class ContinuousAR(
         finally:
             self.train(was_training)
         return tokens if return_tokens else self.tokenizer.decode(tokens)
+
+    def _sampling(self, num_steps, cfg, cfg_schedule, temperature) -> tuple:
+        """The settings given, the model's shipped ones (:attr:`sample_config`) for those that are not."""
+        d = self.sample_config
+        return (d.num_steps if num_steps is None else num_steps, d.cfg if cfg is None else cfg,
+                d.cfg_schedule if cfg_schedule is None else cfg_schedule, d.temperature if temperature is None else temperature)
 
     @torch.no_grad()
     def complete(
@@ -348,11 +350,8 @@ class ContinuousAR(
     ) -> torch.Tensor:
         """Tokens ``(B, N, D)`` whose positions not ``known (B, N)`` are generated, the known ones
         returned exactly as given (:mod:`carl.model.completion`; settings as :meth:`generate`)."""
-        defaults = self.sample_config
-        settings = dict(num_steps=defaults.num_steps if num_steps is None else num_steps,
-                        cfg=defaults.cfg if cfg is None else cfg,
-                        cfg_schedule=defaults.cfg_schedule if cfg_schedule is None else cfg_schedule,
-                        temperature=defaults.temperature if temperature is None else temperature)
+        settings = dict(zip(("num_steps", "cfg", "cfg_schedule", "temperature"),
+                            self._sampling(num_steps, cfg, cfg_schedule, temperature)))
         was_training = self.training
         self.eval()
         try:

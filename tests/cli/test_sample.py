@@ -5,17 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from carl.cli import main
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from helpers import run_cli as run
 
 
 def test_batch_size_device_and_dtype(four_steps, tmp_path, capsys):

@@ -7,22 +7,12 @@ import torch
 from PIL import Image
 
 import carl
-from carl.cli import main
 from carl_image_ear.mnist import mnist_arrays
+from helpers import run_cli as run
 
 TINY = ["train.max_steps=1", "train.global_batch=16", "model.backbone.width=32", "model.backbone.depth=1",
         "model.backbone.encoder_depth=1", "model.score.width=32", "model.score.depth=1", "train.tracker=none",
         "train.sample_every=null", "sample.num_steps=4"]
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
