@@ -32,6 +32,8 @@ A block's kind is its fence's language:
     ``USER/REPO``, ``N``), an ``[optional]`` part or ``...`` (an indented line continues the line
     above it). It is checked, not run: each ``carl`` command it shows exists, with every option
     it shows.
+  - a file a command names that the reader brings (``--csv my_series.csv``) and no block makes is
+    written first by its maker in ``GIVEN``.
   - ``NOT_RUN`` is the allow-list: (page, command as written) -> why. Nothing else is left out,
     and an entry that matches no command fails.
 - ``yaml``: a recipe; trained on its own like ``carl train FILE``, on tiny settings.
@@ -53,11 +55,13 @@ minute and a half on 2 CPU cores (most of it the MNIST and time-series runs of t
 """
 
 import re
+from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.doc_blocks import ROOT, Block, Command, Synopsis, all_blocks, commands
-from helpers.doc_runner import TINY, Page, check_synopsis, tiny_argv, tiny_overrides
+from helpers.doc_runner import TINY, Page, Rules, check_synopsis, tiny_argv, tiny_overrides
 
 NOT_RUN = {
     ("README.md", "python -m pytest -q"):
@@ -68,16 +72,39 @@ NOT_RUN = {
         "mutation testing of every module runs the tests once per mutant: about 25 minutes",
     ("README.md", "nice -n 19 python scripts/mutation.py train --sample 60"):
         "60 mutants of the training loop, each running its tests: several minutes",
-    ("README.md", "carl forecast runs/ts-macro-energy --csv my_series.csv"):
-        "the reader's own CSV file, which no block makes (plugins/timeseries/tests/test_forecast_command.py runs --csv)",
 }
 QUICK = {  # benchmark script -> the flags of a small run
-    "benchmarks/timeseries.py": ["--samples", "2"],
+    "benchmarks/timeseries.py": ["--samples", "2", "--windows", "2"],
 }
+
+
+def macro_csv(path: Path) -> None:
+    """A reader's own series: the built-in macro history written as the CSV ``carl forecast --csv`` reads."""
+    from carl_timeseries.data import macro_history
+    from carl_timeseries.history import write_history
+
+    write_history(macro_history(), path)
+
+
+GIVEN = {  # a file a command names that the reader brings (no block makes it) -> what the test writes there first
+    "my_series.csv": macro_csv,
+}
+RULES = Rules(not_run=NOT_RUN, quick=QUICK, given=GIVEN)
 FILES = {"docs/plugins.md": "docs/example_plugin"}  # a page -> the folder its titled blocks show
 
 RUN = [b for b in all_blocks() if b.kind != "text"]
 OUTPUTS: dict[str, str] = {}  # a training output folder -> the page that wrote it
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The blocks' models are tiny: on one thread (their subprocesses too, doc_runner passes it on).
+    Two threads gain nothing here and, on cores other processes keep busy, made each generation
+    step about a hundred times slower (the threads wait for each other at every small operation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +113,7 @@ def pages(tmp_path_factory):
 
     def page(name: str) -> Page:
         if name not in made:
-            made[name] = Page(name, tmp_path_factory.mktemp(re.sub(r"\W", "-", name)))
+            made[name] = Page(name, tmp_path_factory.mktemp(re.sub(r"\W", "-", name)), RULES)
         return made[name]
 
     return page
@@ -99,7 +126,7 @@ def test_block(block: Block, pages):
         assert block.text == shown.read_text(), f"{block} differs from {shown.relative_to(ROOT)}"
         return
     page = pages(block.page)
-    page.run_through(block, [b for b in all_blocks() if b.page == block.page], NOT_RUN, QUICK)
+    page.run_through(block, [b for b in all_blocks() if b.page == block.page])
     for output in page.outputs:
         assert OUTPUTS.setdefault(output, block.page) == block.page, (
             f"{block}: {output} is written by {OUTPUTS[output]} too; give each page its own output folders")
@@ -140,9 +167,11 @@ def test_a_block_no_rule_runs_is_reported():
     assert [line.split(":")[1] for line in rule_problems(new)] == ["1", "5", "10", "12", "15"]
 
 
-def test_the_allow_list_names_only_commands_that_exist():
+def test_the_allow_list_and_the_given_files_name_only_commands_that_exist():
     written = {(b.page, c.text) for b in all_blocks() if b.kind == "bash" for c in commands(b) if isinstance(c, Command)}
     assert set(NOT_RUN) <= written, f"allow-listed but in no block: {sorted(set(NOT_RUN) - written)}"
+    named = {w for b in all_blocks() if b.kind == "bash" for c in commands(b) if isinstance(c, Command) for w in c.argv}
+    assert set(GIVEN) <= named, f"given but named by no command: {sorted(set(GIVEN) - named)}"
 
 
 def test_quick_flags_are_the_scripts_own():
@@ -202,18 +231,18 @@ def test_a_synopsis_with_an_option_carl_lacks_fails():
     ("pip install -e docs", "not a package folder"),
 ])
 def test_a_pip_line_that_strays_from_the_set_up_fails(line, why, tmp_path):
-    page = Page("x.md", tmp_path)
+    page = Page("x.md", tmp_path, RULES)
     (item,) = commands(Block("x.md", 1, "bash", line + "\n"))
     with pytest.raises(AssertionError, match=why):
-        page.command(item, NOT_RUN, QUICK)
+        page.command(item)
 
 
 def test_a_command_commented_error_must_fail_with_that_message(tmp_path):
-    page = Page("x.md", tmp_path)
+    page = Page("x.md", tmp_path, RULES)
     fails, succeeds, other = commands(Block("x.md", 1, "bash", "carl recipes show nope   # error: no recipe file or ...\n"
                                                                "carl --version   # error: no recipe file\n"
                                                                "carl recipes show nope   # error: something else\n"))
-    page.command(fails, NOT_RUN, QUICK)
+    page.command(fails)
     for item in (succeeds, other):
         with pytest.raises(AssertionError, match="should fail with"):
-            page.command(item, NOT_RUN, QUICK)
+            page.command(item)

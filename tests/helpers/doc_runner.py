@@ -20,11 +20,13 @@ import site
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from helpers.doc_blocks import ROOT, Block, Command, Synopsis, commands, package_extras, pip_requirements, setup_requirements
 
@@ -112,11 +114,20 @@ def fake_hub(cache: Path) -> Iterator[None]:
 # -- a page --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Rules:
+    """The per-command decisions of tests/test_docs.py (its NOT_RUN, QUICK and GIVEN tables)."""
+
+    not_run: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (page, command as written) -> why
+    quick: Mapping[str, list[str]] = field(default_factory=dict)  # benchmark script -> the flags of a small run
+    given: Mapping[str, Callable[[Path], object]] = field(default_factory=dict)  # a reader's file -> its maker
+
+
 class Page:
     """What a reader of one page has built so far; blocks run in page order (:meth:`run_through`)."""
 
-    def __init__(self, name: str, tmp: Path):
-        self.name, self.tmp = name, tmp
+    def __init__(self, name: str, tmp: Path, rules: Rules = Rules()):
+        self.name, self.tmp, self.rules = name, tmp, rules
         self.workspace = tmp / "repository"
         shutil.copytree(ROOT, self.workspace, symlinks=True, ignore=COPY_IGNORE)
         self.site, self.hub = tmp / "site", tmp / "hub"
@@ -152,20 +163,20 @@ class Page:
 
     # -- blocks ------------------------------------------------------------------------------
 
-    def run_through(self, block: Block, blocks: list[Block], allowed: Mapping, quick: Mapping) -> None:
+    def run_through(self, block: Block, blocks: list[Block]) -> None:
         """Run the page's earlier bash blocks not run yet (their state is the page's), then ``block``."""
         for earlier in blocks:
             if earlier.line < block.line and earlier.kind == "bash" and earlier.line not in self.done:
-                self.run(earlier, allowed, quick)
-        self.run(block, allowed, quick)
+                self.run(earlier)
+        self.run(block)
 
-    def run(self, block: Block, allowed: Mapping, quick: Mapping) -> None:
+    def run(self, block: Block) -> None:
         self.done.add(block.line)
         scratch = self.tmp / f"block-{block.line}"  # a fresh folder for a block that runs on its own
         scratch.mkdir()
         if block.kind == "bash":
             for item in commands(block):
-                self.command(item, allowed, quick)
+                self.command(item)
         elif block.kind == "python":
             self.python(block, scratch)
         elif block.kind == "yaml":
@@ -202,13 +213,16 @@ class Page:
 
     # -- bash commands -----------------------------------------------------------------------
 
-    def command(self, item: Command | Synopsis, allowed: Mapping, quick: Mapping) -> None:
+    def command(self, item: Command | Synopsis) -> None:
         if isinstance(item, Synopsis):
             with self.environment(self.workspace):
                 check_synopsis(item)
             return
-        if (item.block.page, item.text) in allowed:
+        if (item.block.page, item.text) in self.rules.not_run:
             return  # not run, for the reason the allow-list gives
+        for word in item.argv:  # a file the reader brings: made for the command, as GIVEN says
+            if word in self.rules.given and not (self.workspace / word).exists():
+                self.rules.given[word](self.workspace / word)
         requirements = pip_requirements(item)
         if requirements is not None:
             self.pip(item, requirements)
@@ -222,7 +236,7 @@ class Page:
             if argv[:1] == ["train"] and code == 0:
                 self.outputs.add(_train_output(out))
         else:
-            argv = item.argv + quick_flags(item, quick)
+            argv = item.argv + quick_flags(item, self.rules.quick)
             code, out = self.subprocess(argv, item.env)
         expected = item.expected_error
         if expected is None:
@@ -233,6 +247,7 @@ class Page:
     def subprocess(self, argv: list[str], env: Mapping[str, str]) -> tuple[int, str]:
         environ = {k: v for k, v in os.environ.items() if k != "CARL_PLUGINS"}
         paths = [str(self.site), *map(str, self.installed), environ.get("PYTHONPATH", "")]
+        environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # as many threads as the blocks in this process
         environ.update(env, HF_HUB_CACHE=str(self.hub), PYTHONPATH=os.pathsep.join(p for p in paths if p),
                        PATH=os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")]))
         try:
