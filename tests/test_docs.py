@@ -50,8 +50,13 @@ sample`` or ``from_pretrained`` is read from it by huggingface_hub's offline cac
 that no earlier block pushed fails in one line, as any offline miss does.
 
 No two pages write the same training output folder: a reader who follows both would see the
-second run refused. Nothing here is marked slow: the blocks run on tiny settings in about a
-minute and a half on 2 CPU cores (most of it the MNIST and time-series runs of the README).
+second run refused. Nothing here is marked slow: the blocks run on tiny settings and one torch
+thread in about 50 s on 2 busy CPU cores (load 9; about 26 s of CPU time), most of it the MNIST and
+time-series runs of the README.
+
+Why not pytest-markdown-docs or phmdoctest: both run Python blocks only (half of these blocks are
+``carl`` commands), and pytest-markdown-docs 0.9 requires markdown-it-py < 4, older than the one
+rich brings here.
 """
 
 import re
