@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from carl.plugins import CarlError
+from carl.errors import CarlError
 from carl_timeseries.baselines import BASELINES
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.forecast import Compared, compare

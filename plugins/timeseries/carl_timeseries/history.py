@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from carl.plugins import CarlError
+from carl.errors import CarlError
 
 QUARTER = re.compile(r"^\d{4}Q[1-4]$")  # 2004Q1
 
@@ -75,7 +75,7 @@ def read_history(path: str | Path, channels: tuple[str, ...] | None, date_column
 
     Raises:
         CarlError: in one line, for a missing file, a missing date column, missing or unexpected
-            channel columns, unparsable or unevenly spaced dates, or non-numeric values.
+            channel columns, unparsable or unevenly spaced dates, non-numeric or infinite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,6 +103,11 @@ def read_history(path: str | Path, channels: tuple[str, ...] | None, date_column
         values = frame[columns].apply(pd.to_numeric).to_numpy(np.float32)
     except ValueError as exc:
         raise CarlError(f"{path}: a channel column holds a value that is not a number ({exc})") from None
+    infinite = np.argwhere(np.isinf(values))  # after the cast: 1e308 is finite in float64, not in float32
+    if len(infinite):
+        row, col = infinite[0]
+        raise CarlError(f"{path}: '{columns[col]}' is infinite at {frame[date_column].iloc[row]} (or beyond float32's "
+                        f"range, +-3.4e38): give finite values, or leave the cell empty for a missing one")
     return History(values, dates, tuple(columns), tuple(units or ("",) * len(columns)), str(path))
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from carl.config import load_recipe
 from carl.plugins import CarlError, register_commands
 from carl.train import train
-from carl_timeseries.baselines import arima, ets, last_value
+from carl_timeseries.baselines import BASELINES, NAMES, quantile_forecasts, simulate_paths
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.data import CHANNELS, UNITS, macro_history
 from carl_timeseries.forecast import scores
@@ -46,14 +46,15 @@ def test_forecast_scores_writes_paths_and_a_dated_fan_chart(run, cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "from 2004Q1: 8 steps to 2005Q4, from the 24 before (1998Q1-2003Q4)" in result.output
     assert "scores against the truth of 8 of 8 steps" in result.output
-    rows = {name: table_row(result.output, name) for name in ("carl", "last value", "seasonal naive", "ETS", "ARIMA")}
+    rows = {name: table_row(result.output, name) for name in ("carl", *NAMES)}
     assert all(len(r) == 5 and all(np.isfinite(r)) for r in rows.values())
-    # The truth the command scores against is the data at those dates: the last-value row, recomputed.
+    # The truth the command scores against is the data at those dates: the seasonal naive row, recomputed.
     h = macro_history()
     at = list(h.dates).index(pd.Timestamp("2004-01-01"))
     window = torch.from_numpy(h.values[at - 24 : at + 8])[None]
-    expected = scores(last_value(window, 24), window[:, 24:], torch.from_numpy(h.values[:at].std(0)))
-    assert rows["last value"] == pytest.approx([expected["energy_score"].item(), *expected["crps"].tolist()], abs=1e-3)
+    paths = BASELINES["SeasonalNaive"](window, 24, 20, 0)  # the command's draws (20 paths, seed 0)
+    expected = scores(paths, window[:, 24:], torch.from_numpy(h.values[:at].std(0)))
+    assert rows["SeasonalNaive"] == pytest.approx([expected["energy_score"].item(), *expected["crps"].tolist()], abs=1e-3)
 
     paths = pd.read_csv(tmp_path / "new" / "fan.csv")
     assert list(paths.columns) == ["path", "date", *CHANNELS] and len(paths) == 20 * 8
@@ -147,34 +148,25 @@ def test_fan_chart_has_dates_units_and_a_legend():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["90% band", "50% band", "median forecast", "observed", "truth"]
 
 
-def test_ets_and_arima_paths_follow_the_fitted_model_from_the_end_of_the_past():
-    """The simulated paths start from the last observation (anchor "end"), so their mean is the
-    fitted model's own point forecast, and their first-step spread its innovation spread."""
-    import warnings
-
-    from statsmodels.tsa.arima.model import ARIMA
-    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
-
-    from carl_timeseries.baselines import ARIMA_ORDERS, ETS_FORMS
-
+def test_simulated_paths_follow_each_fitted_model_from_the_end_of_the_past():
+    """statsforecast's simulated paths (what the energy score judges) agree with the same model's
+    own quantile forecast: their median with its point forecast, their spread with its interval."""
     rng = np.random.default_rng(0)
-    y = np.empty(32)
+    y = np.empty(60)
     y[0] = 5.0
-    for t in range(1, 32):  # AR(1) around 5, phi 0.7
+    for t in range(1, 60):  # AR(1) around 5, phi 0.7
         y[t] = 5 + 0.7 * (y[t - 1] - 5) + rng.standard_normal()
-    windows = torch.tensor(np.stack([y, np.cumsum(rng.standard_normal(32))], axis=1), dtype=torch.float32)[None]
-    e = ets(windows, 24, num_paths=2000, seed=1)
-    a = arima(windows, 24, num_paths=2000, seed=1)
-    assert e.shape == a.shape == (2000, 1, 8, 2) and torch.equal(a, arima(windows, 24, num_paths=2000, seed=1))
-    past = windows[0, :24].double().numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c in range(2):
-            fits = {"ETS": [ETSModel(past[:, c], error="add", **form).fit(disp=False) for form in ETS_FORMS],
-                    "ARIMA": [ARIMA(past[:, c], order=order, trend="c").fit() for order in ARIMA_ORDERS]}
-            for name, paths in (("ETS", e), ("ARIMA", a)):
-                best = min(fits[name], key=lambda r: r.aicc)
-                sims = paths[:, 0, :, c].double().numpy()
-                spread = float(np.sqrt(best.mse if name == "ETS" else best.params[-1]))
-                np.testing.assert_allclose(sims.mean(0), best.forecast(8), atol=4 * sims.std(0).max() / np.sqrt(2000))
-                assert sims[:, 0].std() == pytest.approx(spread, rel=0.1), name
+    histories = [y, np.cumsum(rng.standard_normal(60)) + 20]
+    paths = simulate_paths(histories, 8, 4, num_paths=2000, seed=1)
+    assert paths["AutoARIMA"].shape == (2000, 2, 8)
+    np.testing.assert_array_equal(paths["AutoETS"], simulate_paths(histories, 8, 4, num_paths=2000, seed=1)["AutoETS"])
+    quantiles = quantile_forecasts(histories, 8, 4)
+    for name in ("AutoARIMA", "AutoETS"):
+        sims = np.quantile(paths[name], [0.1, 0.5, 0.9], axis=0)  # (3, B, H)
+        expected = quantiles[name][..., [0, 4, 8]].transpose(2, 0, 1)
+        np.testing.assert_allclose(sims[:, :, 0], expected[:, :, 0], atol=0.15 * (expected[2] - expected[0])[:, 0].max())
+    # the ensemble's paths are an equal mixture of its three members'
+    mixed = paths["StatEnsemble"]
+    for k, member in enumerate(("AutoARIMA", "AutoETS", "AutoTheta")):
+        np.testing.assert_array_equal(mixed[k::3], paths[member][k::3])
+    assert set(BASELINES) == set(NAMES)
