@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default=DEFAULT, help="a forecaster: a shipped name, a folder or a Hub id")
     parser.add_argument("--samples", type=int, default=100, help="carl's sample paths per forecast")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="carl's sampling temperature")
     parser.add_argument("--refresh", action="store_true", help="recompute the cached baselines")
     parser.add_argument("--n-jobs", type=int, default=2, help="processes for statsforecast")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -166,13 +167,14 @@ def main() -> None:
     start = time.perf_counter()
     tasks = benchmark_tasks()
     forecaster = Forecaster.from_pretrained(args.model)
+    forecaster.temperature = args.temperature
     label = forecaster.name
     results = baseline_results(tasks, args.refresh, args.n_jobs)
     began = time.perf_counter()
     results.update(carl_results(forecaster, tasks, args.samples, args.seed))
     carl_seconds = time.perf_counter() - began
     sections = evaluate(tasks, results, label)
-    sections["setup"] = {"model": str(args.model), "samples": args.samples, "seed": args.seed, "carl seconds": round(carl_seconds, 1),
+    sections["setup"] = {"model": str(args.model), "samples": args.samples, "seed": args.seed, "temperature": args.temperature, "carl seconds": round(carl_seconds, 1),
                          "metrics": "geometric mean over tasks of the ratio to SeasonalNaive (lower is better); win rate on SQL"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(sections, indent=2))

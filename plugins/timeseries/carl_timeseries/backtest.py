@@ -64,4 +64,4 @@ def errors_of(series: Sequence[np.ndarray], ids: Sequence[str], cuts: Sequence[C
     used = sorted({c.series for c in cuts})
     history = pd.concat([pd.DataFrame({"unique_id": ids[i], "ds": np.arange(len(series[i])),
                                        "y": np.asarray(series[i], np.float64)}) for i in used], ignore_index=True)
-    return forecast_errors(frame, history, list(quantiles), season, levels)
+    return forecast_errors(frame, history, list(quantiles), season, levels).sort_index()

@@ -167,10 +167,14 @@ def _regular(index: pd.Index, source: str, uid: str) -> pd.Index:
         return index
     freq = pd.infer_freq(index)
     if freq is None:
-        gaps = np.diff(index.asi8)
-        common = pd.Series(gaps).mode().iloc[0]
-        i = int(np.argmax(gaps != common))
-        raise SeriesDataError(f"{source}: series '{uid}' is not evenly spaced: {stamp_label(index[i], None)} is followed by "
-                              f"{stamp_label(index[i + 1], None)}; give one value per step of a regular frequency "
-                              f"(daily, weekly, monthly, ...)")
+        guess = next((f for k in range(len(index) - 2) if (f := pd.infer_freq(index[k : k + 3])) is not None), None)
+        if guess is None:
+            where = f"{stamp_label(index[0], None)}, {stamp_label(index[1], None)}, {stamp_label(index[2], None)}"
+        else:  # the first date off the regular calendar the others follow
+            k = next(k for k in range(len(index) - 2) if pd.infer_freq(index[k : k + 3]) == guess)
+            regular = pd.date_range(index[k], periods=len(index) - k, freq=guess)
+            off = k + int(np.argmax(index[k:] != regular))
+            where = f"{stamp_label(index[off - 1], None)} is followed by {stamp_label(index[off], None)}"
+        raise SeriesDataError(f"{source}: series '{uid}' is not evenly spaced: {where}; give one value per step of a "
+                              f"regular frequency (daily, weekly, monthly, ...)")
     return pd.DatetimeIndex(index, freq=freq)

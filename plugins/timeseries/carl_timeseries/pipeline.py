@@ -41,15 +41,17 @@ class Forecaster:
     Args:
         model: a ``ContinuousAR`` with the ``series`` tokenizer on one channel and the causal order.
         name: how tables and charts name it.
+        temperature: the scoring rule's sampling temperature (1: as trained).
     """
 
-    def __init__(self, model, name: str = "carl"):
+    def __init__(self, model, name: str = "carl", temperature: float = 1.0):
         try:
             check_forecaster(model)
         except ValueError as exc:
             raise CarlError(f"{name} is not a forecaster of any series: {exc}") from None
         self.model = model.eval()
         self.name = name
+        self.temperature = temperature  # the scoring rule's sampling temperature
 
     @classmethod
     def from_pretrained(cls, reference: str | Path = DEFAULT) -> "Forecaster":
@@ -79,7 +81,7 @@ class Forecaster:
             raise CarlError(f"horizon h={h}: give 1 to {MAX_HORIZON} steps")
         if num_samples < 1:
             raise CarlError(f"num_samples={num_samples}: give at least 1")
-        return sample_paths(self.model, histories, h, num_samples, torch.Generator().manual_seed(seed))
+        return sample_paths(self.model, histories, h, num_samples, torch.Generator().manual_seed(seed), self.temperature)
 
     def predict(self, df: pd.DataFrame, h: int, quantiles: Sequence[float] = QUANTILES, num_samples: int = 100,
                 seed: int = 0) -> pd.DataFrame:

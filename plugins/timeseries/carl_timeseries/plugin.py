@@ -16,9 +16,11 @@ def register_tokenizers(register):
 def register_datasets(register):
     from carl_timeseries.data import MacroSeries
     from carl_timeseries.pretrain import PretrainWindows
+    from carl_timeseries.tables import SeriesTables
 
     register("macro", MacroSeries)
     register("pretrain", PretrainWindows)
+    register("tables", SeriesTables)
 
 
 @hookimpl

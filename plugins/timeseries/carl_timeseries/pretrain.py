@@ -58,14 +58,17 @@ class PretrainConfig:
 
 
 class MixedWindows(torch.utils.data.Dataset):
-    """``items`` windows generated a batch at a time (module doc)."""
+    """``config.items`` windows generated a batch at a time (module doc); ``weights``: the share
+    of each of :data:`SOURCES` (the real ones need a non-empty ``bank``)."""
 
-    def __init__(self, config: PretrainConfig, bank: SeriesBank | None):
+    def __init__(self, config, bank: SeriesBank | None, weights: dict[str, float]):
         self.config, self.bank = config, bank
-        weights = torch.tensor([getattr(config, s) for s in SOURCES], dtype=torch.float64)
+        shares = torch.tensor([float(weights.get(s, 0.0)) for s in SOURCES], dtype=torch.float64)
         if bank is None or bank.count == 0:
-            weights[SOURCES.index("real")] = weights[SOURCES.index("mixup")] = 0.0
-        self.weights = weights / weights.sum()
+            shares[SOURCES.index("real")] = shares[SOURCES.index("mixup")] = 0.0
+        if not shares.sum() > 0:
+            raise ValueError("no source of windows: the real series are too short for the windows and no synthetic share is set")
+        self.weights = shares / shares.sum()
 
     def __len__(self) -> int:
         return self.config.items
@@ -113,7 +116,7 @@ class PretrainWindows(DataSource):
     def dataset(self, split: str = "train") -> MixedWindows:
         if split != "train":
             raise ValueError(f"the pretrain data has a 'train' split only (the benchmark evaluates), got {split!r}")
-        return MixedWindows(self.config, self.bank())
+        return MixedWindows(self.config, self.bank(), {s: getattr(self.config, s) for s in SOURCES})
 
     def bank(self) -> SeriesBank | None:
         c = self.config

@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from carl.config import load_recipe
-from carl.plugins import CarlError, register_commands
+from carl.errors import CarlError
+from carl.plugins import register_commands
 from carl.train import train
 from carl_timeseries.baselines import BASELINES, NAMES, quantile_forecasts, simulate_paths
 from carl_timeseries.chart import fan_chart
@@ -112,6 +113,9 @@ def test_history_errors_name_the_file_and_what_to_do(tmp_path):
         read_history(write(tmp_path, "date,a,b\n2000Q1,1,2\n2000Q2,x,2\n2000Q3,1,2\n"), two)
     with pytest.raises(CarlError, match="no such file"):
         read_history(tmp_path / "missing.csv", two)
+    for big in ("inf", "1e308", "-1e39"):  # finite in float64, infinite once cast to the model's float32
+        with pytest.raises(CarlError, match=r"'b' is infinite at 2000Q2 \(or beyond float32's range"):
+            read_history(write(tmp_path, f"date,a,b\n2000Q1,1,2\n2000Q2,1,{big}\n2000Q3,1,2\n"), two)
 
     h = macro_history()
     with pytest.raises(CarlError, match=r"macrodata: 11 steps of history before 1962Q1, the model reads 24; choose a later --origin"):
@@ -170,3 +174,49 @@ def test_simulated_paths_follow_each_fitted_model_from_the_end_of_the_past():
     for k, member in enumerate(("AutoARIMA", "AutoETS", "AutoTheta")):
         np.testing.assert_array_equal(mixed[k::3], paths[member][k::3])
     assert set(BASELINES) == set(NAMES)
+
+
+def test_windows_at_different_levels_keep_their_own_statistics(run):
+    """Each window's paths are read in its own units: a batch of a window and a rescaled copy of
+    it gives the first window's paths, rescaled (the same noise: the same batch position and seed)."""
+    from carl.hub import load_model
+    from carl_timeseries.forecast import forecast
+
+    model, _ = load_model(run)
+    w = torch.from_numpy(macro_history().values[100:132])[None]
+    shifted = w * 100 + 5000
+    mixed = forecast(model, torch.cat([w, shifted]), 6, torch.Generator().manual_seed(3))
+    plain = forecast(model, torch.cat([w, w]), 6, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mixed[:, 0], plain[:, 0])
+    torch.testing.assert_close(mixed[:, 1], plain[:, 1] * 100 + 5000, rtol=1e-4, atol=1e-2)
+
+
+def test_energy_score_divides_each_channel_by_its_scale():
+    rng = np.random.default_rng(0)
+    samples = torch.from_numpy(rng.normal(size=(4, 1, 3, 2))).float()
+    truth = torch.from_numpy(rng.normal(size=(1, 3, 2))).float()
+    scale = torch.tensor([2.0, 0.5])
+    got = scores(samples, truth, scale)["energy_score"].item()
+    x = (samples[:, 0] / scale).flatten(1).numpy()
+    y = (truth[0] / scale).flatten().numpy()
+    pairs = [np.linalg.norm(x[i] - x[j]) for i in range(4) for j in range(4) if i != j]
+    assert got == pytest.approx(np.mean([np.linalg.norm(xi - y) for xi in x]) - 0.5 * np.mean(pairs), rel=1e-5)
+
+
+def test_the_latest_origin_is_the_step_after_the_last_date():
+    h = macro_history()
+    w = forecast_window(h, "2009Q4", 24, 8)  # the data ends in 2009Q3
+    assert w.known == 0 and h.label(w.future_dates[0]) == "2009Q4" and h.label(w.past_dates[-1]) == "2009Q3"
+    np.testing.assert_array_equal(w.window[0, :24], h.values[-24:])
+    with pytest.raises(CarlError, match="--origin 2010Q1 is after 2009Q4"):
+        forecast_window(h, "2010Q1", 24, 8)
+
+
+def test_a_horizon_step_observed_in_some_channels_only_ends_the_known_steps():
+    h = macro_history()
+    values = h.values.copy()
+    at = list(h.dates).index(pd.Timestamp("2004-01-01"))
+    values[at + 3, 1] = np.nan  # the fourth forecast quarter lacks one channel
+    w = forecast_window(History(values, h.dates, h.channels, h.units, "gappy"), "2004Q1", 24, 8)
+    assert w.known == 3
+    np.testing.assert_array_equal(w.window[0, 24 + 3, [0, 2, 3]], h.values[at + 3, [0, 2, 3]])

@@ -103,7 +103,7 @@ def test_windows_are_cut_from_observed_steps_with_short_pasts_padded():
 
 def test_mixed_windows_are_generated_a_batch_at_a_time_and_reproducibly():
     config = PretrainConfig(context=32, horizon=16, items=1000, real_series="none")
-    data = MixedWindows(config, None)
+    data = MixedWindows(config, None, {"kernel": 1.0, "arima": 1.0, "ets": 1.0})
     batch = data.__getitems__(list(range(10, 42)))
     assert len(batch) == 32 and batch[0]["data"].shape == (48, 1)
     again = data.__getitems__(list(range(10, 42)))
