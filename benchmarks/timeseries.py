@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from carl.hub import load_model
+from carl.model import load_model
 from carl_timeseries.data import FIRST_VALIDATION_YEAR, MacroSeries
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.forecast import compare

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from carl.config import load_recipe
-from carl.hub import load_model
+from carl.model import load_model
 from carl.tokenizers.pretrained import load_tokenizer
-from carl.train import train
+from carl.api import train
 from scores import TOY_TRAINING, energy_distance, score_override, spread_around_conditional_mean, true_sequences
 
 AE_TRAINING = ["data.num_samples=8192", "train.max_steps=1500", "train.global_batch=64", "train.checkpoint_every=null"]

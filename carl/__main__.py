@@ -1,3 +1,5 @@
+"""``python -m carl ...`` (e.g. ``accelerate launch -m carl train RECIPE``)."""
+
 from carl.cli import main
 
 main()

@@ -1,26 +1,25 @@
-"""The command line as a user meets it: usage errors in click's short form, user errors in one
-line (tracebacks only with --debug), --version, help on every option, and `--out` that writes
-exactly the file asked for or refuses."""
+"""The command line as a user meets it (:mod:`carl.cli`): usage errors in click's short form, user
+errors in one line (tracebacks only with --debug) and exit codes passed on, --version, help on
+every option, `--out` that writes exactly the file asked for or refuses, and `carl tokenizer
+scale`."""
+
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 import typer
+from typer.testing import CliRunner
 
+import carl.cli.program as cli_program
+from carl.api import train
 from carl.cli import app, main
 from carl.config import load_recipe
+from carl.data import ToyConfig, ToySequences
 from carl.testing import options_without_help
-from carl.train import train
-
-
-def run(argv, capsys):
-    """``carl ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from carl.tokenizers.pretrained import load_tokenizer, save_tokenizer
+from helpers import run_cli as run
 
 
 @pytest.mark.parametrize(
@@ -59,7 +58,7 @@ def test_local_paths_are_never_looked_up_on_the_hub(argv, message, capsys, monke
     def no_hub(*args, **kwargs):
         raise AssertionError("a local path was looked up on the Hub")
 
-    monkeypatch.setattr("carl.hub.snapshot_download", no_hub)
+    monkeypatch.setattr("carl.remote.snapshot_download", no_hub)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_hub)
     code, out, err = run(argv, capsys)
     assert (code, err) == (1, message + "\n")
@@ -98,7 +97,7 @@ def test_push_without_network_is_one_line_saying_what_to_do(exc, message, tiny_r
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from carl.plugins import CarlError
+    from carl.errors import CarlError
 
     with pytest.raises(CarlError, match="not a carl model folder"):
         main(["--debug", "sample", str(tmp_path)])
@@ -131,15 +130,52 @@ def test_out_writes_exactly_the_file_asked_for_or_refuses(tiny_run, tmp_path, ca
     assert code == 1 and "give a picture (.png, .jpg, .jpeg, .webp) or a tensor file (.pt)" in err
 
 
-def test_a_broken_render_is_named_and_the_model_folder_is_already_saved(tmp_path, monkeypatch):
-    """A plugin's render that breaks its contract fails after training, naming the contract;
-    the model folder was written before anything was drawn."""
-    from carl.data import ToySequences
-    from carl.hub import open_model
-    from carl.plugins import CarlError
+def test_cli_errors_are_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-c", "from carl.cli import main; main()", "train", "tiny", "train.lrr=1"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown recipe key 'train.lrr'")
+    assert "Traceback" not in proc.stderr
 
-    monkeypatch.setattr(ToySequences, "render", lambda self, data: data.numpy(), raising=False)  # float (B, 8, 2)
-    cfg = load_recipe("tiny", ["train.max_steps=2", "train.checkpoint_every=null"])
-    with pytest.raises(CarlError, match=r"ToySequences.render must return uint8 pictures \(B, H, W, 3\) with B = 16"):
-        train(cfg, output=tmp_path, progress=False)
-    assert open_model(tmp_path).model is not None and (tmp_path / "README.md").exists()
+
+def test_the_command_line_passes_on_an_exit_code_typer_returns(monkeypatch):
+    monkeypatch.setattr(cli_program, "app", lambda **kwargs: 130)  # what typer returns on Ctrl-C
+    monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
+    with pytest.raises(SystemExit) as info:
+        cli_program.main()
+    assert info.value.code == 130
+
+
+def test_scale_command_measures_and_writes(tiny_ae, tmp_path):
+    folder = tmp_path / "ae"
+    shutil.copytree(tiny_ae, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    tok = load_tokenizer(folder)
+    tok.latent_scale.mul_(3.0)  # a tokenizer whose stored scale is off
+    save_tokenizer(tok, "autoencoder", folder)
+    args = ["tokenizer", "scale", "tiny", f"model.tokenizer={{name: autoencoder, path: {folder}}}", "--samples", "512"]
+    result = CliRunner().invoke(app, args + ["--write"])
+    assert result.exit_code == 0, result.output
+    assert "std 3.0" in result.output or "std 2.9" in result.output, result.output
+    fixed = load_tokenizer(folder)
+    x = ToySequences(ToyConfig(num_samples=512)).dataset()[:512]["data"]
+    assert abs(float(fixed.train().encode(x).std()) - 1) < 0.1
+
+
+@pytest.mark.parametrize("error, line", [
+    (ValueError("a bad value\nwith a second line"), "error: a bad value ..."),
+    (RuntimeError("boom"), "error: RuntimeError: boom (an unexpected error; --debug shows the traceback)"),
+    (KeyError("x"), "error: KeyError: 'x' (an unexpected error; --debug shows the traceback)"),
+])
+def test_any_error_is_one_line_and_debug_shows_the_traceback(error, line, capsys, monkeypatch):
+    import carl.cli.program as program
+
+    def app(**kwargs):
+        raise error
+
+    monkeypatch.setattr(program, "app", app)
+    monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
+    assert run(["recipes", "list"], capsys) == (1, "", line + "\n")
+    with pytest.raises(type(error)):
+        program.main(["--debug", "recipes", "list"])

@@ -10,12 +10,13 @@ import torch
 from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
-from carl.accel import compile_model
+from carl.training.accel import compile_model
 from carl.config import load_recipe
 from carl.model import ContinuousAR
-from carl.train import Trainer, train
+from carl.api import train
+from carl.training.trainer import Trainer
 from helpers import tiny_model_config
-from test_accel import check_kv_cache_sampling, randomized
+from helpers.models import check_kv_cache_sampling, randomized
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
@@ -181,7 +182,7 @@ def test_a_training_step_never_waits_for_the_gpu(order, encoder_depth):
     # What carl.train does per step (bf16 forward, backward, clipping, fused AdamW, the EMA) with
     # CUDA's sync debug mode raising on any host-device synchronisation (.item(), boolean indexing,
     # blocking copies): only log intervals may read the loss back.
-    from carl.accel import DeviceEMA, optimizer_options
+    from carl.training.accel import DeviceEMA, optimizer_options
 
     torch.manual_seed(0)
     model = ContinuousAR(tiny_model_config(order, encoder_depth=encoder_depth)).to(CUDA)

@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import carl.weights
-from carl.weights import WeightsError, load_state_file, load_strict, resolve_weights
+from carl.errors import WeightsError
+from carl.weights import load_state_file, load_strict, resolve_weights
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl.scores.base import Guidance, ScoringRule
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

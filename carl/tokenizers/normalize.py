@@ -8,40 +8,15 @@ the per-channel statistics of a tokenizer's tokens and :meth:`Tokenizer.renormal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.utils.data import DataLoader
 
-from carl.tokenizers.base import Tokenizer
-
-
-@dataclass
-class TokenStatistics:
-    """Per-channel ``mean`` and ``std`` ``(D,)`` of tokens, and the ``count`` of tokens measured."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    count: int
-
-    @property
-    def overall_std(self) -> float:
-        """The standard deviation of all values together (channels weigh equally)."""
-        second = (self.std**2 + self.mean**2).mean()
-        return float((second - self.mean.mean() ** 2).clamp_min(0).sqrt())
-
-    def describe(self) -> str:
-        return (f"{self.count} tokens: mean {self.mean.mean():+.4f} (per channel {_fmt(self.mean)}), "
-                f"std {self.overall_std:.4f} (per channel {_fmt(self.std)})")
-
-
-def _fmt(values: torch.Tensor, limit: int = 8) -> str:
-    shown = ", ".join(f"{v:.3f}" for v in values[:limit].tolist())
-    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+from carl.tokenizers.base import FIT_SAMPLES, Tokenizer
+from carl.tokenizers.statistics import TokenStatistics
 
 
 @torch.no_grad()
-def measure(tokenizer: Tokenizer, dataset, samples: int = 4096, batch_size: int = 256, seed: int = 0) -> TokenStatistics:
+def measure(tokenizer: Tokenizer, dataset, samples: int = FIT_SAMPLES, batch_size: int = 256, seed: int = 0) -> TokenStatistics:
     """Token statistics over the first ``samples`` items of ``dataset`` (items with ``data``).
 
     The tokenizer encodes in training mode, so a VAE draws from its posterior as it does when the
@@ -68,7 +43,7 @@ def measure(tokenizer: Tokenizer, dataset, samples: int = 4096, batch_size: int 
     return TokenStatistics(mean.float().cpu(), std.float().cpu(), n)
 
 
-def normalize(tokenizer: Tokenizer, dataset, samples: int = 4096, batch_size: int = 256) -> tuple[TokenStatistics, dict | None]:
+def normalize(tokenizer: Tokenizer, dataset, samples: int = FIT_SAMPLES, batch_size: int = 256) -> tuple[TokenStatistics, dict | None]:
     """Measure ``tokenizer`` on ``dataset`` and absorb the statistics (see :meth:`Tokenizer.renormalize`).
     Returns the statistics before and the config options to persist (None: stored in buffers)."""
     stats = measure(tokenizer, dataset, samples, batch_size)

@@ -17,22 +17,18 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from carl.plugins import CarlError, pretrained_folders, registry
+from carl.config import from_dict, to_dict
+from carl.errors import CarlError
+from carl.layout import CARD_FILE, CONFIG_FILE, RECIPE_FILE, RECONSTRUCTIONS_FILE, WEIGHTS_FILE
+from carl.plugins import registry
+from carl.remote import resolve_folder
 from carl.tokenizers.base import Tokenizer
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from carl.weights import load_state_file, load_strict
 
 
 def resolve_tokenizer_folder(reference: str | Path) -> Path:
     """The local folder of a tokenizer reference (a path, a shipped name or a Hub repo id)."""
-    shipped = pretrained_folders()
-    if str(reference) in shipped and not Path(reference).exists():
-        folder = shipped[str(reference)]
-    else:
-        from carl.hub import resolve_folder
-
-        folder = resolve_folder(reference)
+    folder = resolve_folder(reference)
     if not (folder / CONFIG_FILE).is_file():
         raise CarlError(f"{folder} is not a tokenizer folder (no {CONFIG_FILE})")
     return folder
@@ -62,8 +58,6 @@ def folder_options(reference: str | Path, expected: str) -> dict:
 def load_tokenizer_state(tokenizer: Tokenizer, reference: str | Path) -> None:
     """Load a tokenizer folder's weights into ``tokenizer``, strictly (missing, unexpected and
     reshaped tensors are named)."""
-    from carl.weights import load_state_file, load_strict
-
     path = resolve_tokenizer_folder(reference) / WEIGHTS_FILE
     if not path.is_file():
         raise CarlError(f"tokenizer folder '{reference}' has no {WEIGHTS_FILE}")
@@ -72,8 +66,6 @@ def load_tokenizer_state(tokenizer: Tokenizer, reference: str | Path) -> None:
 
 def load_tokenizer(reference: str | Path) -> Tokenizer:
     """Build the tokenizer of a folder (path, shipped name or Hub repo id) with its weights, in eval mode."""
-    from carl.config import from_dict
-
     name, options = read_tokenizer_config(reference)
     cls = registry("tokenizers").get(name)
     config = from_dict(cls.Config, options, f"{reference}/{CONFIG_FILE}")
@@ -84,8 +76,6 @@ def load_tokenizer(reference: str | Path) -> Tokenizer:
 
 def tokenizer_options(tokenizer: Tokenizer) -> dict:
     """The plain options of a tokenizer's config, without ``path`` (a folder does not point at itself)."""
-    from carl.config import to_dict
-
     options = to_dict(tokenizer.config) if dataclasses.is_dataclass(getattr(tokenizer, "config", None)) else {}
     options.pop("path", None)
     return options
@@ -100,8 +90,8 @@ def save_tokenizer(tokenizer: Tokenizer, name: str, folder: Path, *, recipe: str
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     save_tokenizer_weights(tokenizer, folder)
     if recipe is not None:
-        (folder / "recipe.yaml").write_text(recipe)
-    (folder / "README.md").write_text(tokenizer_card(name, tokenizer, figures, (folder / "reconstructions.png").exists()))
+        (folder / RECIPE_FILE).write_text(recipe)
+    (folder / CARD_FILE).write_text(tokenizer_card(name, tokenizer, figures, (folder / RECONSTRUCTIONS_FILE).exists()))
     return folder
 
 
@@ -124,7 +114,7 @@ def tokenizer_card(name: str, tokenizer: Tokenizer, figures: dict | None, pictur
     if figures:
         lines += ["## Training and held-out reconstruction", "", *(f"- {k}: {v}" for k, v in figures.items()), ""]
     if picture:
-        lines += ["## Reconstructions", "", "Originals above, reconstructions below.", "", "![reconstructions](reconstructions.png)", ""]
+        lines += ["## Reconstructions", "", "Originals above, reconstructions below.", "", f"![reconstructions]({RECONSTRUCTIONS_FILE})", ""]
     lines += ["## Use", "", "In an AR recipe:", "", "```yaml", "model:",
               f"  tokenizer: {{name: {name}, path: <this folder or repo id>}}", "```", "", "In Python:", "", "```python",
               "from carl.tokenizers.pretrained import load_tokenizer",

@@ -10,7 +10,7 @@ def check(
     per_class: Annotated[int, typer.Option("--per-class", help="Waves generated per class.")] = 32,
 ) -> None:
     """Generate waves of every class and print the share at the right frequency."""
-    from carl.hub import open_model  # imported when the command runs: `carl --help` stays fast
+    from carl.model import open_model  # imported when the command runs: `carl --help` stays fast
     from carl_waves.metrics import FrequencyAccuracy, FrequencyConfig
 
     loaded = open_model(model)

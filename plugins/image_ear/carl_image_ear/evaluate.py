@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from carl.logs import interactive
+from carl.progress import interactive
 from carl.metrics import Metric
-from carl.plugins import CarlError
+from carl.errors import CarlError
 from carl.ranges import check_ranges
-from carl.samples import tile
+from carl.model.samples import tile
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -39,6 +39,11 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    def describe(self, reference: str) -> str:
+        """How figures were measured, for results.json and the card."""
+        return (f"carl eval: {self.num_images:,} images, {self.num_steps} steps, CFG {self.cfg:g} {self.cfg_schedule}, "
+                f"temperature {self.temperature:g}, seed {self.seed}, against {Path(str(reference)).name}")
 
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:

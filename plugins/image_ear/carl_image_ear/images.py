@@ -17,7 +17,8 @@ from einops import rearrange, repeat
 from PIL import Image
 
 from carl.data import DataSource
-from carl.ranges import FieldError, check_ranges
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 from carl_image_ear.mnist import mnist_arrays
 
 EMBEDDED = "mnist"
@@ -120,6 +121,14 @@ class ImageData(DataSource):
         image = image.resize((size, size), Image.BICUBIC)
         array = np.asarray(image, dtype=np.float32) / 255.0
         return array[None] if array.ndim == 2 else rearrange(array, "h w c -> c h w")
+
+    def read(self, path: Path) -> torch.Tensor:
+        """An image file as one item ``(C, H, W)`` in [0, 1], centre-cropped and resized like the data."""
+        try:
+            with Image.open(path) as image:
+                return torch.from_numpy(self._prepare(image))
+        except OSError as exc:  # missing, unreadable, not an image
+            raise ValueError(f"cannot read the image {path}: {exc}") from exc
 
     def render(self, data: torch.Tensor) -> np.ndarray:
         pictures = (data.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (B, C, H, W)

@@ -63,9 +63,9 @@ def test_cache_resumes_after_an_interruption_and_training_reads_it(recipe, tmp_p
     clean = runner.invoke(app, ["cache", str(recipe), "--output", str(tmp_path / "clean"), "--shard-size", "5", "--batch-size", "2"])
     assert clean.exit_code == 0, clean.output
 
-    import carl.cache
+    import carl.training.cache
 
-    real_replace, calls = carl.cache.os.replace, []
+    real_replace, calls = carl.training.cache.os.replace, []
 
     def interrupted(src, dst):  # the third shard never lands
         calls.append(dst)
@@ -73,14 +73,14 @@ def test_cache_resumes_after_an_interruption_and_training_reads_it(recipe, tmp_p
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(carl.cache.os, "replace", interrupted)
+    monkeypatch.setattr(carl.training.cache.os, "replace", interrupted)
     stopped = runner.invoke(app, ["cache", str(recipe), "--shard-size", "5", "--batch-size", "2"])
     assert stopped.exit_code != 0 and not (tmp_path / "cache" / "cache.json").exists()
-    monkeypatch.setattr(carl.cache.os, "replace", real_replace)
+    monkeypatch.setattr(carl.training.cache.os, "replace", real_replace)
     resumed = runner.invoke(app, ["cache", str(recipe), "--shard-size", "5", "--batch-size", "2"])
     assert resumed.exit_code == 0, resumed.output
 
-    from carl.cache import load_cache
+    from carl.training.cache import load_cache
     from carl.config import load_recipe
 
     cfg = load_recipe(recipe)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 import reference_ear as ref
 from carl.cli import app
-from carl.hub import load_model
+from carl.errors import WeightsError
+from carl.model import load_model
 from carl.orders.base import Plan
 from carl.plugins import register_commands
 from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
@@ -138,7 +139,7 @@ def test_hidden_states_and_loss_equal_the_official_architecture(converted, monke
     with torch.no_grad():
         expected = ref.hidden_states(sd, tokens, mask.float(), labels, heads=HEADS)
         cond = model.conditioner(labels, 2)
-        hidden = model._hidden_bidirectional(tokens, cond, ~mask)
+        hidden = model.hidden_bidirectional(tokens, cond, ~mask)
         torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
 
         noise = torch.rand(2 * 2 * 2 * N, NOISE, generator=g) - 0.5  # (samples, batch_mul, B * N)
@@ -192,7 +193,7 @@ def test_refuses_checkpoints_that_need_unpickling_code(tmp_path, converted, monk
 
 @pytest.mark.parametrize("content", [{"model_ema": {}, "args": None}, [{"model": {}}]], ids=["no-model", "a-list"])
 def test_refuses_files_that_are_not_official_checkpoints(tmp_path, content):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import read_official
 
     torch.save(content, tmp_path / "other.pth")
@@ -259,7 +260,7 @@ def test_mar_hidden_states_and_loss_equal_the_official_architecture(converted_ma
     mask[:, torch.randperm(N, generator=g)[:200]] = True  # the same count per row, as MAR masks
     with torch.no_grad():
         expected = ref.mar_hidden_states(sd, tokens, mask, labels, heads=HEADS)
-        hidden = model._hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
+        hidden = model.hidden_bidirectional(tokens, model.conditioner(labels, 2), ~mask)
         torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
 
         t = torch.randint(0, 1000, (2 * 2 * N,), generator=g)
@@ -309,7 +310,7 @@ def test_attention_heads_follow_the_official_sizes(width, args, heads):
     (128, None, 0, "--heads 0 does not divide the checkpoint's width 128"),
 ])
 def test_attention_heads_that_cannot_be_known_fail_clearly(width, args, heads, message):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import attention_heads
 
     with pytest.raises(WeightsError, match=message):
@@ -433,7 +434,7 @@ def test_official_sizes_convert_to_the_papers_configs_with_the_official_defaults
 
 @pytest.mark.parametrize("kind", ["ear", "mar"])
 def test_args_that_name_another_size_than_the_weights_are_refused(kind):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import ear_model_config, mar_model_config
 
     make = ear_model_config if kind == "ear" else mar_model_config
@@ -502,7 +503,7 @@ def test_kl16_converts_any_architecture_into_a_folder_it_creates_or_reuses(tmp_p
 
 
 def test_kl16_that_does_not_fit_its_own_shapes_is_refused_naming_file_key_and_shapes(tmp_path):
-    from carl.weights import WeightsError
+    from carl.errors import WeightsError
     from carl_image_ear.convert import convert_kl16
 
     state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
@@ -534,17 +535,18 @@ def test_global_batch_and_lr_follow_the_official_scripts(kind, args, expected):
     assert section["micro_batch"] == args["batch_size"]
 
 
-def test_the_mar_recipe_samples_at_temperature_one(converted_mar):
-    """MAR samples at --temperature 1.0; EAR at its --infer_temperature 0.7 (the EAR recipes' setting)."""
+def test_the_mar_recipe_samples_with_the_mar_readme_s_settings(converted_mar):
+    """MAR samples at --temperature 1.0 with 256 steps (--num_iter) and the base CFG 2.9 at an
+    unofficial width; EAR at its --infer_temperature 0.7 and 64 steps (the EAR recipes' setting)."""
     _, _, recipe = converted_mar
     from carl.config import load_recipe
 
-    assert recipe.sample == dataclasses.replace(load_recipe("ear-b-in256").sample, temperature=1.0)
+    assert recipe.sample == dataclasses.replace(load_recipe("ear-b-in256").sample, temperature=1.0, num_steps=256, cfg=2.9)
 
 
 def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_error(tmp_path):
     """Its widths give ch_mult 0 for that level: the KL-16 config refuses it before any weights are compared."""
-    from carl.ranges import FieldError
+    from carl.errors import FieldError
     from carl_image_ear.convert import convert_kl16
 
     state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
@@ -555,11 +557,27 @@ def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_
     assert not (tmp_path / "out").exists()
 
 
-def test_the_recipe_samples_at_each_paper_s_temperature(converted, tmp_path):
-    """EAR samples at temperature 0.7, MAR at 1.0, both with linear CFG 3.0 over 64 steps."""
-    from carl_image_ear.convert import official_recipe
+def test_the_recipe_samples_with_each_paper_s_settings(converted, tmp_path):
+    """EAR: 64 steps, linear CFG 3.0, temperature 0.7; MAR: 256 steps, temperature 1.0, linear CFG
+    2.9 / 3.0 / 3.2 for B / L / H (the official READMEs' evaluation commands)."""
+    from carl_image_ear.convert import official_recipe, paper_sampling
 
     model, _, _ = converted
-    for kind, temperature in (("ear", 0.7), ("mar", 1.0)):
-        sample = official_recipe(kind, model.config, None, tmp_path).sample
-        assert (sample.temperature, sample.cfg, sample.cfg_schedule, sample.num_steps) == (temperature, 3.0, "linear", 64)
+    ear = official_recipe("ear", model.config, None, tmp_path).sample
+    assert (ear.num_steps, ear.cfg, ear.cfg_schedule, ear.temperature) == (64, 3.0, "linear", 0.7)
+    mar = official_recipe("mar", model.config, None, tmp_path).sample
+    assert (mar.num_steps, mar.cfg_schedule, mar.temperature) == (256, "linear", 1.0)
+    assert [paper_sampling("mar", width)["cfg"] for width in (768, 1024, 1280)] == [2.9, 3.0, 3.2]
+    assert [paper_sampling("ear", width)["cfg"] for width in (768, 1024, 1280)] == [3.0, 3.0, 3.0]
+
+
+def test_heads_must_not_contradict_the_checkpoint_s_args():
+    from carl_image_ear.convert import attention_heads
+
+    args = argparse.Namespace(model="ear_huge")
+    assert attention_heads(1280, args) == 16 and attention_heads(1280, args, heads=16) == 16
+    with pytest.raises(WeightsError, match=r"--heads 20 contradicts the checkpoint, whose args name model 'ear_huge' "
+                                           r"\(16 heads at width 1280\); leave --heads out"):
+        attention_heads(1280, args, heads=20)
+    assert attention_heads(1280, argparse.Namespace(model="ear_base"), heads=20) == 20  # args disagree with the weights
+    assert attention_heads(96, None, heads=8) == 8  # an unofficial width: --heads decides

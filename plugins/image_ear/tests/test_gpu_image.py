@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from carl.cache import load_cache
+from carl.training.cache import load_cache
 from carl.cli import app
 from carl.config import load_recipe
-from carl.train import Trainer
+from carl.training.trainer import Trainer
 from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
 from test_cache import recipe  # noqa: F401  (the fixture: a small KL-16 recipe over an image folder)
 from test_kl16 import randomized

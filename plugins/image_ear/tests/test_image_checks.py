@@ -3,10 +3,11 @@ before training (one line naming both shapes instead of an IndexError inside a s
 
 import pytest
 
-from carl.config import RecipeError, load_recipe
-from carl.plugins import CarlError
+from carl.config import load_recipe
+from carl.errors import RecipeError
+from carl.errors import CarlError
 from carl.ranges import unbounded_fields
-from carl.train import train
+from carl.api import train
 from carl_image_ear.evaluate import FIDConfig
 from carl_image_ear.images import ImageDataConfig
 from carl_image_ear.kl16 import KL16Config

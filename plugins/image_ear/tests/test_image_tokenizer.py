@@ -3,14 +3,13 @@ shipped mnist-ae tokenizer folder is what mnist-ear models."""
 
 import math
 
-import pytest
 import torch
 from PIL import Image
 
 from carl.config import load_recipe
 from carl.plugins import pretrained_folders
 from carl.tokenizers.pretrained import load_tokenizer
-from carl.train import train
+from carl.api import train
 from carl_image_ear.mnist import mnist_arrays
 
 def heldout(n: int = 500) -> torch.Tensor:

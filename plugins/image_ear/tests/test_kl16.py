@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import reference_kl16 as ref
-from carl.weights import WeightsError
+from carl.errors import WeightsError
 from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
 
 DATA = Path(__file__).parent / "data"
@@ -287,7 +287,7 @@ def test_renormalize_gives_unit_variance_tokens():
     (dict(scale=0.0), "scale "),
 ], ids=["no-levels", "level-width", "conv-in-width", "stride", "attn-level", "range"])
 def test_configs_that_cannot_build_are_refused_naming_the_field(options, message):
-    from carl.ranges import FieldError
+    from carl.errors import FieldError
 
     with pytest.raises(FieldError) as err:
         KL16Config(**{**dict(image_size=32, ch=32, attn_levels=()), **options})

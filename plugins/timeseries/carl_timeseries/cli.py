@@ -25,8 +25,6 @@ def add_commands(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler and of the baselines' simulations.")] = 0,
     ) -> None:
         """Forecast series: quantiles and sample paths (CSV/Parquet), fan charts, and scores where the truth is known."""
-        from carl_timeseries.pipeline import resolve
-
         loaded = _open(run)
         if loaded.model.tokenizer.config.channels == 1:
             from carl_timeseries.pipeline import Forecaster
@@ -42,7 +40,7 @@ def add_commands(app: typer.Typer) -> None:
             return
         from carl_timeseries.commands import run_forecast
 
-        report = run_forecast(str(resolve(run)), origin=origin, num_paths=paths, out=out, samples=samples, csv=csv,
+        report = run_forecast(str(loaded.folder), origin=origin, num_paths=paths, out=out, samples=samples, csv=csv,
                               date_column=date_column or "date", baselines=baselines, seed=seed)
         for line in report.lines(run):
             typer.echo(line)
@@ -72,11 +70,10 @@ def add_commands(app: typer.Typer) -> None:
 
 def _open(run: str):
     from carl.errors import CarlError
-    from carl.hub import open_model
-    from carl_timeseries.pipeline import resolve
+    from carl.model import open_model
     from carl_timeseries.tokenizer import SeriesTokenizer
 
-    loaded = open_model(resolve(run))
+    loaded = open_model(run)  # a folder, a shipped name (register_pretrained) or a Hub id
     if not isinstance(loaded.model.tokenizer, SeriesTokenizer):
         raise CarlError(f"{run} is not a time-series model (tokenizer {type(loaded.model.tokenizer).__name__}); "
                         f"carl forecast needs the 'series' tokenizer")

@@ -79,7 +79,7 @@ def run_forecast(run: str, *, origin: str | None, num_paths: int, out: Path, sam
         CarlError: in one line for a model that is not a time-series model, bad files, columns,
             origins or suffixes.
     """
-    from carl.hub import load_model
+    from carl.model import load_model
 
     samples = samples or out.with_suffix(".csv")
     if out.suffix.lower() not in CHART_SUFFIXES:

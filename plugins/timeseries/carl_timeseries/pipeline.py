@@ -28,13 +28,6 @@ MIN_HISTORY = 8  # the shortest past the shipped forecaster was trained on
 MAX_HORIZON = 1000  # longer horizons roll for minutes; nothing stops a caller of sample_paths
 
 
-def resolve(reference: str | Path) -> str | Path:
-    """A name registered with ``register_pretrained`` -> its folder; anything else unchanged."""
-    from carl.plugins import pretrained_folders
-
-    return pretrained_folders().get(str(reference), reference)
-
-
 class Forecaster:
     """A carl forecaster of univariate series (multivariate ones channel by channel).
 
@@ -57,9 +50,9 @@ class Forecaster:
     def from_pretrained(cls, reference: str | Path = DEFAULT) -> "Forecaster":
         """Load a forecaster: a shipped name (``carl-forecaster``), a model folder, a training
         checkpoint folder or a Hub repo id."""
-        from carl.hub import open_model
+        from carl.model import open_model
 
-        loaded = open_model(resolve(reference))
+        loaded = open_model(reference)  # resolves shipped names (register_pretrained) too
         return cls(loaded.model, Path(str(reference)).name)
 
     @property

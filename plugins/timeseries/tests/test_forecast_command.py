@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from carl.config import load_recipe
 from carl.errors import CarlError
 from carl.plugins import register_commands
-from carl.train import train
+from carl.api import train
 from carl_timeseries.baselines import BASELINES, NAMES, quantile_forecasts, simulate_paths
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.data import CHANNELS, UNITS, macro_history
@@ -179,7 +179,7 @@ def test_simulated_paths_follow_each_fitted_model_from_the_end_of_the_past():
 def test_windows_at_different_levels_keep_their_own_statistics(run):
     """Each window's paths are read in its own units: a batch of a window and a rescaled copy of
     it gives the first window's paths, rescaled (the same noise: the same batch position and seed)."""
-    from carl.hub import load_model
+    from carl.model import load_model
     from carl_timeseries.forecast import forecast
 
     model, _ = load_model(run)

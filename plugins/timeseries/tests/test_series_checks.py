@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 import carl_timeseries.data as series_data
-from carl.config import RecipeError, load_recipe
-from carl.plugins import CarlError
+from carl.config import load_recipe
+from carl.errors import RecipeError
+from carl.errors import CarlError
 from carl.ranges import unbounded_fields
-from carl.train import train
+from carl.api import train
 from carl_timeseries.data import MacroConfig, MacroSeries, finite_windows
 from carl_timeseries.tokenizer import SeriesConfig
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from carl.config import load_recipe
 from carl.plugins import register_commands
-from carl.train import train
+from carl.api import train
 
 TINY = ["model.backbone.width=32", "model.backbone.depth=1", "model.backbone.heads=2", "model.score.width=32",
         "train.max_steps=2", "train.global_batch=16", "train.warmup_steps=1", "train.checkpoint_every=null",

@@ -7,7 +7,7 @@ import torch
 
 from carl.config import load_recipe
 from carl.plugins import plugin_infos
-from carl.train import train
+from carl.api import train
 from carl_timeseries.data import MacroConfig, MacroSeries, macro_table
 from carl_timeseries.baselines import last_value, seasonal_naive
 from carl_timeseries.forecast import forecast, scores
@@ -55,7 +55,7 @@ def test_baselines_and_scores():
 def test_recipe_trains_and_forecasts_from_the_past(tmp_path):
     cfg = load_recipe("ts-macro-energy", ["train.epochs=3", "train.checkpoint_every=null"])
     out = train(cfg, output=tmp_path, progress=False)
-    from carl.hub import load_model
+    from carl.model import load_model
 
     model, recipe = load_model(out)
     windows = torch.from_numpy(MacroSeries(recipe.data.options).windows("validation")[:4])
