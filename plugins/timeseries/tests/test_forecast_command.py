@@ -97,6 +97,22 @@ def test_csv_errors_are_one_line(run, tmp_path):
         "'unemployment', 'inflation': missing 'inflation'; unexpected 'infl'")
 
 
+
+@pytest.mark.parametrize("big", ["inf", "1e308"])
+def test_an_infinite_or_overflowing_history_is_one_line_and_writes_nothing(run, tmp_path, big):
+    """1e308 is finite in float64 but inf in the model's float32: refused before sampling, no all-NaN fan.csv."""
+    h = macro_history()
+    frame = pd.DataFrame(h.values, columns=list(CHANNELS)).astype(object)
+    frame.insert(0, "date", [h.label(d) for d in h.dates])
+    frame.iloc[-3, 2] = big
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "carl", "forecast", str(run), "--csv", str(tmp_path / "big.csv"),
+                           "--no-baselines", "--out", str(tmp_path / "fan.png")], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'big.csv'}: '{CHANNELS[1]}' is infinite at {h.label(h.dates[-3])}")
+    assert not (tmp_path / "fan.csv").exists() and not (tmp_path / "fan.png").exists()
+
 def write(tmp_path, text: str):
     path = tmp_path / "series.csv"
     path.write_text(text)
