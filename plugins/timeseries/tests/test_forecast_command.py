@@ -236,3 +236,15 @@ def test_a_horizon_step_observed_in_some_channels_only_ends_the_known_steps():
     w = forecast_window(History(values, h.dates, h.channels, h.units, "gappy"), "2004Q1", 24, 8)
     assert w.known == 3
     np.testing.assert_array_equal(w.window[0, 24 + 3, [0, 2, 3]], h.values[at + 3, [0, 2, 3]])
+
+
+def test_carl_sample_writes_a_window_models_samples_in_the_channels_units(run, tmp_path):
+    """Unconditional windows are generated standardised; `carl sample` writes them in data units."""
+    from carl.cli import app
+
+    result = CliRunner().invoke(app, ["sample", str(run), "--num", "8", "--out", str(tmp_path / "s.pt")])
+    assert result.exit_code == 0, result.output
+    samples = torch.load(tmp_path / "s.pt")
+    assert samples.shape == (8, 32, 4)
+    level = samples[..., CHANNELS.index("unemployment")].median()
+    assert 3 < level < 11, level  # US unemployment 1959-1999 (%), not the standardised ~0
