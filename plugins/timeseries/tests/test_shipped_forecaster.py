@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from carl.plugins import pretrained_folders
 from carl_timeseries.pipeline import DEFAULT, Forecaster
@@ -59,6 +60,23 @@ def test_predict_gives_ordered_quantiles_in_the_series_units(forecaster):
     levels = [f"0.{k}" for k in range(1, 10)]
     assert (np.diff(a[levels].to_numpy(), axis=1) >= 0).all() and a["ds"].iloc[0] == pd.Timestamp("2001-12-01")
     assert 360 < a["0.5"].iloc[0] < 380 and b["0.5"].iloc[0] == pytest.approx(1000 * a["0.5"].iloc[0], rel=0.02)
+
+
+def test_the_finetune_recipe_starts_from_the_shipped_weights(forecaster, tmp_path):
+    """`carl train ts-forecaster-finetune` loads carl-forecaster strictly before step 0: one step at
+    a negligible rate leaves its weights as shipped."""
+    from carl.api import train
+    from carl.config import load_recipe
+
+    co2 = co2_monthly()
+    pd.DataFrame({"unique_id": "co2", "ds": co2.index, "y": co2.to_numpy()}).to_csv(tmp_path / "co2.csv", index=False)
+    cfg = load_recipe("ts-forecaster-finetune", [f"data.paths=[{tmp_path / 'co2.csv'}]", "train.max_steps=1",
+                                                 "train.lr=1e-9", "train.global_batch=8", "train.tracker=none",
+                                                 "train.checkpoint_every=null"])
+    tuned = Forecaster.from_pretrained(train(cfg, output=tmp_path / "ft", progress=False))
+    shipped = forecaster.model.state_dict()
+    for name, value in tuned.model.state_dict().items():
+        torch.testing.assert_close(value, shipped[name], atol=1e-6, rtol=0, msg=name)
 
 
 def blocks(text: str) -> list[tuple[str, str]]:
