@@ -1,14 +1,16 @@
-"""Forecasts of the time-series plugin on the held-out years against four baselines, and a fan chart.
+"""The multivariate window model of macrodata (ts-macro-energy) on the held-out years against
+statsforecast's baselines, and a fan chart.
 
     carl train ts-macro-energy && python benchmarks/timeseries.py runs/ts-macro-energy
 
 For every validation window (forecast origins 2000Q1 ... 2007Q4, 8 quarters ahead from the 24
 before): the energy score of the whole 8 x 4 forecast (channels in units of their training-period
-standard deviation) and the CRPS per channel (original units), for the model's sample paths, the
-last value repeated, the seasonal naive forecast (the last 4 quarters repeated), and ETS and ARIMA
-fitted per window and channel (statsmodels; orders chosen by AICc; as many simulated paths).
-Lower is better. The forecasting, scoring and chart code is the plugin's (`carl forecast` uses it
-for one origin); this script only loops over the validation windows and prints the table.
+standard deviation) and the CRPS per channel (original units), for the model's sample paths and
+for SeasonalNaive, AutoARIMA, AutoETS, AutoTheta and their ensemble, each fitted by statsforecast
+to the same 24 quarters of each window and channel and simulated as many times. Lower is better.
+The forecasting, scoring and chart code is the plugin's (`carl forecast` uses it for one origin);
+this script only loops over the validation windows and prints the table. The pretrained
+forecaster of any series has its own benchmark: benchmarks/forecasting.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from carl_timeseries.forecast import compare
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--samples", type=int, default=200, help="sample paths per window (carl, ETS, ARIMA)")
+    parser.add_argument("--samples", type=int, default=200, help="sample paths per window (carl and each baseline)")
     parser.add_argument("--out", default="benchmarks/out/ts_fan_chart.png", help="the fan chart of the window from 2004Q1")
     parser.add_argument("--windows", type=int, default=None,
                         help="score only the first N validation windows (a quick check; the README's table uses all)")

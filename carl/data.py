@@ -39,6 +39,12 @@ class DataSource(ABC):
         sample, or None if the data is not pictured (then ``carl sample`` writes ``.pt`` files)."""
         return None
 
+    def to_data_units(self, data: torch.Tensor) -> torch.Tensor:
+        """Decoded samples ``(B, ...)`` in the data's own units, as ``carl sample`` writes them;
+        default: as decoded. A source whose tokenizer scales each item by a part of it (a window by
+        its past: unconditional samples carry no scale) gives them one here."""
+        return data
+
     def read(self, path: Path) -> torch.Tensor:
         """One data item from a file a user gives (``carl sample --inpaint image.png``), in the
         layout of the items of :meth:`dataset` (float, CPU); sources of pictures implement it.

@@ -114,6 +114,8 @@ def _sample(loaded, source, settings, labels, batch_size):
         settings = replace(settings, rows=len(rows))
         conditions = rows.repeat_interleave(settings.per_row)
     data = generate_grid(loaded.model, settings, conditions, progress=True, batch_size=batch_size).float().cpu()
+    if source is not None:
+        data = source.to_data_units(data)
 
     def write(path: Path, dry_run: bool = False):
         if dry_run:

@@ -1,35 +1,105 @@
-"""The forecasts a carl model must beat: two naive ones and two statistical ones (statsmodels).
+"""The forecasts a carl forecaster must beat, from statsforecast, fitted per series and origin.
 
-All read only the first ``context`` steps of each window ``(B, length, C)`` and return sample
-paths ``(S, B, horizon, C)`` in the original units (``S = 1`` for the point forecasts).
+- **SeasonalNaive**: the last season repeated (the reference every score is divided by);
+- **AutoARIMA**, **AutoETS**, **AutoTheta**: the automatic model searches of R's ``forecast``
+  package as statsforecast implements them (AICc orders, ETS forms, Theta variants);
+- **StatEnsemble**: their combination, the strongest statistical baseline of fev-bench and
+  Chronos: the mean of the three models' quantiles, and for sample paths an equal mixture of
+  their simulated paths.
 
-- **last value**: the last observation repeated (a random walk's point forecast).
-- **seasonal naive**: the last season (4 quarters) repeated.
-- **ETS**: exponential smoothing with additive errors, fitted by maximum likelihood per window
-  and channel; the form is chosen by AICc among no trend (simple exponential smoothing), an
-  additive trend and a damped additive trend (the series are seasonally adjusted, so no season).
-  Sample paths are simulated from the fitted state-space model at the end of the window.
-- **ARIMA**: ARMA with a constant, fitted per window and channel, orders chosen by AICc among
-  AR(1), AR(2) and ARMA(1, 1); sample paths simulated from the fitted model.
-
-Simulating paths, rather than reading off marginal intervals, gives the joint distribution over
-the horizon that the energy score judges. Parameter uncertainty is not simulated (as in the usual
-forecast intervals of these models).
+Quantiles come from the models' own prediction intervals (0.1 and 0.9 are the 80% interval's
+ends, 0.5 the point forecast); sample paths from their simulation (``StatsForecast.simulate``),
+which keeps the dependence between horizon steps that the energy score judges. A model that
+fails on a series falls back to the seasonal naive forecast (statsforecast's ``fallback_model``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
-from carl.errors import CarlError
+from carl_timeseries.metrics import QUANTILES
 
-ETS_FORMS = ({"trend": None}, {"trend": "add"}, {"trend": "add", "damped_trend": True})
-ARIMA_ORDERS = ((1, 0, 0), (2, 0, 0), (1, 0, 1))
+STAT_MODELS = ("AutoARIMA", "AutoETS", "AutoTheta")
+ENSEMBLE = "StatEnsemble"
+NAMES = ("SeasonalNaive", *STAT_MODELS, ENSEMBLE)
+
+
+def _models(season: int, names: Sequence[str]):
+    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
+
+    make = {"SeasonalNaive": lambda: SeasonalNaive(season_length=season), "AutoARIMA": lambda: AutoARIMA(season_length=season),
+            "AutoETS": lambda: AutoETS(season_length=season), "AutoTheta": lambda: AutoTheta(season_length=season)}
+    return [make[n]() for n in names]
+
+
+def _members(names: Sequence[str]) -> list[str]:
+    """The statsforecast models to fit for ``names`` (the ensemble needs its three members)."""
+    wanted = [n for n in names if n != ENSEMBLE]
+    if ENSEMBLE in names:
+        wanted += [m for m in STAT_MODELS if m not in wanted]
+    return [n for n in NAMES if n in wanted]
+
+
+def history_frame(histories: Sequence[np.ndarray]) -> pd.DataFrame:
+    """statsforecast's long frame: ``unique_id`` = the history's index, integer ``ds``, ``y``."""
+    return pd.DataFrame({
+        "unique_id": np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]),
+        "ds": np.concatenate([np.arange(len(h)) for h in histories]),
+        "y": np.concatenate([np.asarray(h, np.float64) for h in histories]),
+    })
+
+
+def _engine(season: int, names: Sequence[str], n_jobs: int):
+    from statsforecast import StatsForecast
+    from statsforecast.models import SeasonalNaive
+
+    return StatsForecast(models=_models(season, _members(names)), freq=1, n_jobs=n_jobs,
+                         fallback_model=SeasonalNaive(season_length=season))
+
+
+def quantile_forecasts(histories: Sequence[np.ndarray], horizon: int, season: int, names: Sequence[str] = NAMES,
+                       levels: Sequence[float] = QUANTILES, n_jobs: int = 1) -> dict[str, np.ndarray]:
+    """``{model: (B, horizon, Q)}`` quantiles after each of the ``B`` histories."""
+    intervals = sorted({round(abs(200 * q - 100)) for q in levels if q != 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter of short series; the fallback copes
+        frame = _engine(season, names, n_jobs).forecast(df=history_frame(histories), h=horizon, level=intervals)
+    frame = frame.sort_values(["unique_id", "ds"])
+    out = {}
+    for name in _members(names):
+        cols = [name if q == 0.5 else f"{name}-{'lo' if q < 0.5 else 'hi'}-{round(abs(200 * q - 100))}" for q in levels]
+        out[name] = frame[cols].to_numpy().reshape(len(histories), horizon, len(levels))
+    if ENSEMBLE in names:
+        out[ENSEMBLE] = np.mean([out[m] for m in STAT_MODELS], axis=0)
+    return {n: np.sort(out[n], axis=-1) for n in names}  # intervals never cross, but fallbacks may tie
+
+
+def simulate_paths(histories: Sequence[np.ndarray], horizon: int, season: int, num_paths: int, seed: int = 0,
+                   names: Sequence[str] = NAMES, n_jobs: int = 1) -> dict[str, np.ndarray]:
+    """``{model: (num_paths, B, horizon)}`` simulated sample paths after each history; the
+    ensemble's path ``s`` is member ``s mod 3``'s path ``s`` (an equal mixture)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = _engine(season, names, n_jobs).simulate(h=horizon, df=history_frame(histories), n_paths=num_paths, seed=seed)
+    frame = frame.sort_values(["unique_id", "sample_id", "ds"])
+    out = {}
+    for name in _members(names):
+        values = frame[name].to_numpy().reshape(len(histories), num_paths, horizon)
+        out[name] = np.moveaxis(values, 1, 0)
+    if ENSEMBLE in names:
+        pick = np.arange(num_paths) % len(STAT_MODELS)
+        stacked = np.stack([out[m] for m in STAT_MODELS])  # (3, S, B, H)
+        out[ENSEMBLE] = stacked[pick, np.arange(num_paths)]
+    return {n: out[n] for n in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# For `carl forecast` on a window model: windows (B, context + horizon, C) -> paths (S, B, H, C)
 
 
 def last_value(windows: torch.Tensor, context: int) -> torch.Tensor:
@@ -45,57 +115,18 @@ def seasonal_naive(windows: torch.Tensor, context: int, season: int = 4) -> torc
     return last_season.repeat(1, -(-horizon // season), 1)[:, :horizon][None]
 
 
-def ets(windows: torch.Tensor, context: int, num_paths: int, seed: int = 0) -> torch.Tensor:
-    """ETS sample paths ``(S, B, H, C)``, the form chosen per series by AICc (module doc)."""
-    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+def window_paths(name: str, season: int = 4) -> Callable[..., torch.Tensor]:
+    """A baseline of :data:`NAMES` as ``f(windows, context, num_paths, seed) -> (S, B, H, C)``,
+    fitted to each window's first ``context`` steps, channel by channel."""
 
-    def fit(y: np.ndarray):
-        return [ETSModel(y, error="add", **form).fit(disp=False) for form in ETS_FORMS]
+    def run(windows: torch.Tensor, context: int, num_paths: int, seed: int = 0) -> torch.Tensor:
+        b, _, c = windows.shape
+        past = windows[:, :context].double().numpy()
+        histories = [past[i, :, j] for i in range(b) for j in range(c)]
+        paths = simulate_paths(histories, windows.shape[1] - context, season, num_paths, seed, names=(name,))[name]
+        return torch.from_numpy(paths.reshape(num_paths, b, c, -1).transpose(0, 1, 3, 2).copy()).float()
 
-    return _simulate_each(windows, context, num_paths, seed, fit, "ETS")
-
-
-def arima(windows: torch.Tensor, context: int, num_paths: int, seed: int = 0) -> torch.Tensor:
-    """ARIMA sample paths ``(S, B, H, C)``, the order chosen per series by AICc (module doc)."""
-    from statsmodels.tsa.arima.model import ARIMA
-
-    def fit(y: np.ndarray):
-        return [ARIMA(y, order=order, trend="c").fit() for order in ARIMA_ORDERS]
-
-    return _simulate_each(windows, context, num_paths, seed, fit, "ARIMA")
+    return run
 
 
-def _simulate_each(windows: torch.Tensor, context: int, num_paths: int, seed: int,
-                   fit: Callable[[np.ndarray], list], name: str) -> torch.Tensor:
-    past = windows[:, :context].double().numpy()  # (B, context, C)
-    horizon = windows.shape[1] - context
-    paths = np.empty((num_paths, len(past), horizon, past.shape[2]))
-    rngs = np.random.default_rng(seed).spawn(past.shape[0] * past.shape[2])
-    # One BLAS thread: these fits are tiny, and BLAS threads fighting over shared cores made them 10x slower.
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter on 24-point series; the AICc choice copes
-        for b in range(past.shape[0]):
-            for c in range(past.shape[2]):
-                best = _best(fit, past[b, :, c], name, (b, c))
-                draws = best.simulate(horizon, anchor="end", repetitions=num_paths, rng=rngs[b * past.shape[2] + c])
-                paths[:, b, :, c] = np.asarray(draws).reshape(horizon, num_paths).T
-    return torch.from_numpy(paths).float()
-
-
-def _best(fit: Callable[[np.ndarray], list], y: np.ndarray, name: str, where: tuple[int, int]):
-    """The fitted candidate with the lowest finite AICc."""
-    try:
-        fitted = [r for r in fit(y) if np.isfinite(r.aicc)]
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        raise CarlError(f"{name} could not be fitted to window {where[0]}, channel {where[1]}: {exc}") from None
-    if not fitted:
-        raise CarlError(f"{name} could not be fitted to window {where[0]}, channel {where[1]} (no finite likelihood)")
-    return min(fitted, key=lambda r: r.aicc)
-
-
-BASELINES: dict[str, Callable[..., torch.Tensor]] = {
-    "last value": lambda windows, context, num_paths, seed: last_value(windows, context),
-    "seasonal naive": lambda windows, context, num_paths, seed: seasonal_naive(windows, context),
-    "ETS": ets,
-    "ARIMA": arima,
-}
+BASELINES: dict[str, Callable[..., torch.Tensor]] = {name: window_paths(name) for name in NAMES}

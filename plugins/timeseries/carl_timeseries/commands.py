@@ -71,7 +71,8 @@ def run_forecast(run: str, *, origin: str | None, num_paths: int, out: Path, sam
         csv: a CSV of the user's own series (a date column and the model's channels); default:
             the history of the model's own data source.
         date_column: the date column of ``csv``.
-        baselines: also forecast with and score the baselines (last value, seasonal naive, ETS, ARIMA).
+        baselines: also forecast with and score statsforecast's baselines (SeasonalNaive, AutoARIMA, AutoETS,
+            AutoTheta and their ensemble).
         seed: seeds the sampler and the baselines' simulations.
 
     Raises:

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import annotated_types as at
 import numpy as np
+import torch
 from datasets import Array2D, Dataset, Features
 
 from carl.data import DataSource
@@ -91,7 +92,16 @@ class MacroSeries(DataSource):
         return macro_history()
 
     def render(self, data):
-        return None  # windows in standardised units are no forecast: `carl forecast` draws fan charts
+        return None  # a window model's pictures are `carl forecast`'s fan charts
+
+    def to_data_units(self, data: torch.Tensor) -> torch.Tensor:
+        """Sampled windows ``(B, length, 4)``, standardised by a past they generated themselves, in
+        the channels' units: sample ``i`` takes the past's mean and spread of a training window
+        (evenly spaced through 1959-1999), as the tokenizer would have scaled that window."""
+        past = self.windows("train")[:, : self.config.context].astype(np.float64)
+        pick = np.linspace(0, len(past) - 1, len(data)).round().astype(int)
+        mean, std = past.mean(1, keepdims=True)[pick], past.std(1, ddof=1, keepdims=True)[pick]
+        return data * torch.from_numpy(std).to(data) + torch.from_numpy(mean).to(data)
 
     def check_tokenizer(self, tokenizer) -> None:
         """The tokenizer scales each window by its first ``context`` steps: they must be this

@@ -75,7 +75,7 @@ def read_history(path: str | Path, channels: tuple[str, ...] | None, date_column
 
     Raises:
         CarlError: in one line, for a missing file, a missing date column, missing or unexpected
-            channel columns, unparsable or unevenly spaced dates, or non-numeric values.
+            channel columns, unparsable or unevenly spaced dates, non-numeric or infinite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,9 +100,15 @@ def read_history(path: str | Path, channels: tuple[str, ...] | None, date_column
     if dates is None:
         raise CarlError(f"{path}: the dates in '{date_column}' must be evenly spaced and increasing (at least 3 rows)")
     try:
-        values = frame[columns].apply(pd.to_numeric).to_numpy(np.float32)
+        exact = frame[columns].apply(pd.to_numeric).to_numpy(np.float64)
     except ValueError as exc:
         raise CarlError(f"{path}: a channel column holds a value that is not a number ({exc})") from None
+    infinite = np.argwhere(np.isinf(exact) | (np.abs(exact) > np.finfo(np.float32).max))  # 1e308 overflows the model's float32
+    if len(infinite):
+        row, col = infinite[0]
+        raise CarlError(f"{path}: '{columns[col]}' is infinite at {frame[date_column].iloc[row]} (or beyond float32's "
+                        f"range, +-3.4e38): give finite values, or leave the cell empty for a missing one")
+    values = exact.astype(np.float32)
     return History(values, dates, tuple(columns), tuple(units or ("",) * len(columns)), str(path))
 
 

@@ -18,13 +18,19 @@ class SeriesConfig:
     """A window of ``length`` steps of ``channels`` values cut into patches of ``patch`` steps.
     Each window is standardised per channel with the mean and spread of its first ``context``
     steps only (the past), so the future never leaks into the scale. ``min_std`` floors the
-    spread of flat series."""
+    spread of flat series; ``relative_min_std`` floors it at that share of the past's mean
+    absolute level too (a flat series of any units then standardises alike).
+
+    Missing values (NaN) are allowed: the statistics are those of the observed past steps, and a
+    missing step becomes 0 (the past's mean) after standardising. A forecaster reads a history
+    shorter than ``context`` left-padded with NaN."""
 
     length: Annotated[int, at.Ge(1)] = 32
     channels: Annotated[int, at.Ge(1)] = 4
     patch: Annotated[int, at.Ge(1)] = 4
     context: Annotated[int, at.Ge(1)] = 24
     min_std: Annotated[float, at.Gt(0)] = 1e-2
+    relative_min_std: Annotated[float, at.Ge(0)] = 0.0
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -50,10 +56,16 @@ class SeriesTokenizer(Tokenizer):
         self.context_tokens = config.context // config.patch
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x (B, length, C)`` standardised (NaN -> 0), and the past's ``mean`` and ``std`` ``(B, 1, C)``."""
         past = x[:, : self.config.context].float()
-        mean = past.mean(1, keepdim=True)
-        std = past.std(1, keepdim=True).clamp_min(self.config.min_std)
-        return (x.float() - mean) / std, mean, std
+        observed = ~torch.isnan(past)
+        count = observed.sum(1, keepdim=True)
+        filled = torch.where(observed, past, 0.0)
+        mean = filled.sum(1, keepdim=True) / count.clamp_min(1)
+        spread = torch.where(observed, past - mean, 0.0).square().sum(1, keepdim=True) / (count - 1).clamp_min(1)
+        floor = (self.config.relative_min_std * mean.abs()).clamp_min(self.config.min_std)
+        std = torch.maximum(spread.sqrt(), floor)
+        return torch.nan_to_num((x.float() - mean) / std, nan=0.0), mean, std
 
     @staticmethod
     def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from carl.config import load_recipe
 from carl.errors import CarlError
 from carl.plugins import register_commands
 from carl.api import train
-from carl_timeseries.baselines import arima, ets, last_value
+from carl_timeseries.baselines import BASELINES, NAMES, quantile_forecasts, simulate_paths
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.data import CHANNELS, UNITS, macro_history
 from carl_timeseries.forecast import scores
@@ -47,14 +47,15 @@ def test_forecast_scores_writes_paths_and_a_dated_fan_chart(run, cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "from 2004Q1: 8 steps to 2005Q4, from the 24 before (1998Q1-2003Q4)" in result.output
     assert "scores against the truth of 8 of 8 steps" in result.output
-    rows = {name: table_row(result.output, name) for name in ("carl", "last value", "seasonal naive", "ETS", "ARIMA")}
+    rows = {name: table_row(result.output, name) for name in ("carl", *NAMES)}
     assert all(len(r) == 5 and all(np.isfinite(r)) for r in rows.values())
-    # The truth the command scores against is the data at those dates: the last-value row, recomputed.
+    # The truth the command scores against is the data at those dates: the seasonal naive row, recomputed.
     h = macro_history()
     at = list(h.dates).index(pd.Timestamp("2004-01-01"))
     window = torch.from_numpy(h.values[at - 24 : at + 8])[None]
-    expected = scores(last_value(window, 24), window[:, 24:], torch.from_numpy(h.values[:at].std(0)))
-    assert rows["last value"] == pytest.approx([expected["energy_score"].item(), *expected["crps"].tolist()], abs=1e-3)
+    paths = BASELINES["SeasonalNaive"](window, 24, 20, 0)  # the command's draws (20 paths, seed 0)
+    expected = scores(paths, window[:, 24:], torch.from_numpy(h.values[:at].std(0)))
+    assert rows["SeasonalNaive"] == pytest.approx([expected["energy_score"].item(), *expected["crps"].tolist()], abs=1e-3)
 
     paths = pd.read_csv(tmp_path / "new" / "fan.csv")
     assert list(paths.columns) == ["path", "date", *CHANNELS] and len(paths) == 20 * 8
@@ -96,6 +97,22 @@ def test_csv_errors_are_one_line(run, tmp_path):
         "'unemployment', 'inflation': missing 'inflation'; unexpected 'infl'")
 
 
+
+@pytest.mark.parametrize("big", ["inf", "1e308"])
+def test_an_infinite_or_overflowing_history_is_one_line_and_writes_nothing(run, tmp_path, big):
+    """1e308 is finite in float64 but inf in the model's float32: refused before sampling, no all-NaN fan.csv."""
+    h = macro_history()
+    frame = pd.DataFrame(h.values, columns=list(CHANNELS)).astype(object)
+    frame.insert(0, "date", [h.label(d) for d in h.dates])
+    frame.iloc[-3, 2] = big
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "carl", "forecast", str(run), "--csv", str(tmp_path / "big.csv"),
+                           "--no-baselines", "--out", str(tmp_path / "fan.png")], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'big.csv'}: '{CHANNELS[1]}' is infinite at {h.label(h.dates[-3])}")
+    assert not (tmp_path / "fan.csv").exists() and not (tmp_path / "fan.png").exists()
+
 def write(tmp_path, text: str):
     path = tmp_path / "series.csv"
     path.write_text(text)
@@ -112,6 +129,9 @@ def test_history_errors_name_the_file_and_what_to_do(tmp_path):
         read_history(write(tmp_path, "date,a,b\n2000Q1,1,2\n2000Q2,x,2\n2000Q3,1,2\n"), two)
     with pytest.raises(CarlError, match="no such file"):
         read_history(tmp_path / "missing.csv", two)
+    for big in ("inf", "1e308", "-1e39"):  # finite in float64, infinite once cast to the model's float32
+        with pytest.raises(CarlError, match=r"'b' is infinite at 2000Q2 \(or beyond float32's range"):
+            read_history(write(tmp_path, f"date,a,b\n2000Q1,1,2\n2000Q2,1,{big}\n2000Q3,1,2\n"), two)
 
     h = macro_history()
     with pytest.raises(CarlError, match=r"macrodata: 11 steps of history before 1962Q1, the model reads 24; choose a later --origin"):
@@ -148,34 +168,83 @@ def test_fan_chart_has_dates_units_and_a_legend():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["90% band", "50% band", "median forecast", "observed", "truth"]
 
 
-def test_ets_and_arima_paths_follow_the_fitted_model_from_the_end_of_the_past():
-    """The simulated paths start from the last observation (anchor "end"), so their mean is the
-    fitted model's own point forecast, and their first-step spread its innovation spread."""
-    import warnings
-
-    from statsmodels.tsa.arima.model import ARIMA
-    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
-
-    from carl_timeseries.baselines import ARIMA_ORDERS, ETS_FORMS
-
+def test_simulated_paths_follow_each_fitted_model_from_the_end_of_the_past():
+    """statsforecast's simulated paths (what the energy score judges) agree with the same model's
+    own quantile forecast: their median with its point forecast, their spread with its interval."""
     rng = np.random.default_rng(0)
-    y = np.empty(32)
+    y = np.empty(60)
     y[0] = 5.0
-    for t in range(1, 32):  # AR(1) around 5, phi 0.7
+    for t in range(1, 60):  # AR(1) around 5, phi 0.7
         y[t] = 5 + 0.7 * (y[t - 1] - 5) + rng.standard_normal()
-    windows = torch.tensor(np.stack([y, np.cumsum(rng.standard_normal(32))], axis=1), dtype=torch.float32)[None]
-    e = ets(windows, 24, num_paths=2000, seed=1)
-    a = arima(windows, 24, num_paths=2000, seed=1)
-    assert e.shape == a.shape == (2000, 1, 8, 2) and torch.equal(a, arima(windows, 24, num_paths=2000, seed=1))
-    past = windows[0, :24].double().numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c in range(2):
-            fits = {"ETS": [ETSModel(past[:, c], error="add", **form).fit(disp=False) for form in ETS_FORMS],
-                    "ARIMA": [ARIMA(past[:, c], order=order, trend="c").fit() for order in ARIMA_ORDERS]}
-            for name, paths in (("ETS", e), ("ARIMA", a)):
-                best = min(fits[name], key=lambda r: r.aicc)
-                sims = paths[:, 0, :, c].double().numpy()
-                spread = float(np.sqrt(best.mse if name == "ETS" else best.params[-1]))
-                np.testing.assert_allclose(sims.mean(0), best.forecast(8), atol=4 * sims.std(0).max() / np.sqrt(2000))
-                assert sims[:, 0].std() == pytest.approx(spread, rel=0.1), name
+    histories = [y, np.cumsum(rng.standard_normal(60)) + 20]
+    paths = simulate_paths(histories, 8, 4, num_paths=2000, seed=1)
+    assert paths["AutoARIMA"].shape == (2000, 2, 8)
+    np.testing.assert_array_equal(paths["AutoETS"], simulate_paths(histories, 8, 4, num_paths=2000, seed=1)["AutoETS"])
+    quantiles = quantile_forecasts(histories, 8, 4)
+    for name in ("AutoARIMA", "AutoETS"):
+        sims = np.quantile(paths[name], [0.1, 0.5, 0.9], axis=0)  # (3, B, H)
+        expected = quantiles[name][..., [0, 4, 8]].transpose(2, 0, 1)
+        np.testing.assert_allclose(sims[:, :, 0], expected[:, :, 0], atol=0.15 * (expected[2] - expected[0])[:, 0].max())
+    # the ensemble's paths are an equal mixture of its three members'
+    mixed = paths["StatEnsemble"]
+    for k, member in enumerate(("AutoARIMA", "AutoETS", "AutoTheta")):
+        np.testing.assert_array_equal(mixed[k::3], paths[member][k::3])
+    assert set(BASELINES) == set(NAMES)
+
+
+def test_windows_at_different_levels_keep_their_own_statistics(run):
+    """Each window's paths are read in its own units: a batch of a window and a rescaled copy of
+    it gives the first window's paths, rescaled (the same noise: the same batch position and seed)."""
+    from carl.model import load_model
+    from carl_timeseries.forecast import forecast
+
+    model, _ = load_model(run)
+    w = torch.from_numpy(macro_history().values[100:132])[None]
+    shifted = w * 100 + 5000
+    mixed = forecast(model, torch.cat([w, shifted]), 6, torch.Generator().manual_seed(3))
+    plain = forecast(model, torch.cat([w, w]), 6, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mixed[:, 0], plain[:, 0])
+    torch.testing.assert_close(mixed[:, 1], plain[:, 1] * 100 + 5000, rtol=1e-4, atol=1e-2)
+
+
+def test_energy_score_divides_each_channel_by_its_scale():
+    rng = np.random.default_rng(0)
+    samples = torch.from_numpy(rng.normal(size=(4, 1, 3, 2))).float()
+    truth = torch.from_numpy(rng.normal(size=(1, 3, 2))).float()
+    scale = torch.tensor([2.0, 0.5])
+    got = scores(samples, truth, scale)["energy_score"].item()
+    x = (samples[:, 0] / scale).flatten(1).numpy()
+    y = (truth[0] / scale).flatten().numpy()
+    pairs = [np.linalg.norm(x[i] - x[j]) for i in range(4) for j in range(4) if i != j]
+    assert got == pytest.approx(np.mean([np.linalg.norm(xi - y) for xi in x]) - 0.5 * np.mean(pairs), rel=1e-5)
+
+
+def test_the_latest_origin_is_the_step_after_the_last_date():
+    h = macro_history()
+    w = forecast_window(h, "2009Q4", 24, 8)  # the data ends in 2009Q3
+    assert w.known == 0 and h.label(w.future_dates[0]) == "2009Q4" and h.label(w.past_dates[-1]) == "2009Q3"
+    np.testing.assert_array_equal(w.window[0, :24], h.values[-24:])
+    with pytest.raises(CarlError, match="--origin 2010Q1 is after 2009Q4"):
+        forecast_window(h, "2010Q1", 24, 8)
+
+
+def test_a_horizon_step_observed_in_some_channels_only_ends_the_known_steps():
+    h = macro_history()
+    values = h.values.copy()
+    at = list(h.dates).index(pd.Timestamp("2004-01-01"))
+    values[at + 3, 1] = np.nan  # the fourth forecast quarter lacks one channel
+    w = forecast_window(History(values, h.dates, h.channels, h.units, "gappy"), "2004Q1", 24, 8)
+    assert w.known == 3
+    np.testing.assert_array_equal(w.window[0, 24 + 3, [0, 2, 3]], h.values[at + 3, [0, 2, 3]])
+
+
+def test_carl_sample_writes_a_window_models_samples_in_the_channels_units(run, tmp_path):
+    """Unconditional windows are generated standardised; `carl sample` writes them in data units."""
+    from carl.cli import app
+
+    result = CliRunner().invoke(app, ["sample", str(run), "--num", "8", "--out", str(tmp_path / "s.pt")])
+    assert result.exit_code == 0, result.output
+    samples = torch.load(tmp_path / "s.pt")
+    assert samples.shape == (8, 32, 4)
+    level = samples[..., CHANNELS.index("unemployment")].median()
+    assert 3 < level < 11, level  # US unemployment 1959-1999 (%), not the standardised ~0

@@ -16,7 +16,8 @@ from carl_timeseries.tokenizer import SeriesConfig, SeriesTokenizer
 
 def test_discovered_through_its_entry_point():
     info = {i.name: i for i in plugin_infos()}["timeseries"]
-    assert info.error is None and info.provides == {"tokenizers": ["series"], "datasets": ["macro"], "recipes": ["timeseries"]}
+    assert info.error is None and info.provides == {"tokenizers": ["series"], "datasets": ["macro", "pretrain", "tables"], "recipes": ["timeseries"],
+                                                     "pretrained": ["carl-forecaster"]}
 
 
 def test_split_in_time():
