@@ -80,6 +80,7 @@ NOT_RUN = {
 }
 QUICK = {  # benchmark script -> the flags of a small run
     "benchmarks/timeseries.py": ["--samples", "2", "--windows", "2"],
+    "benchmarks/forecasting.py": ["--samples", "2"],   # the baselines come from their cache
 }
 
 
@@ -91,8 +92,20 @@ def macro_csv(path: Path) -> None:
     write_history(macro_history(), path)
 
 
+def sales_csv(path: Path) -> None:
+    """docs/forecasting.md's two monthly series, as its Python block writes them (python blocks
+    run in their own folder, so the page's commands get the file from here)."""
+    import numpy as np
+    import pandas as pd
+
+    months, t = pd.date_range("2015-01-01", periods=72, freq="MS"), np.arange(72)
+    y = np.r_[200 + 2 * t + 30 * np.sin(2 * np.pi * t / 12), 80 + 10 * np.cos(2 * np.pi * t / 12) + t % 5]
+    pd.DataFrame({"unique_id": np.repeat(["north", "south"], 72), "ds": np.tile(months, 2), "y": y}).to_csv(path, index=False)
+
+
 GIVEN = {  # a file a command names that the reader brings (no block makes it) -> what the test writes there first
     "my_series.csv": macro_csv,
+    "sales.csv": sales_csv,
 }
 RULES = Rules(not_run=NOT_RUN, quick=QUICK, given=GIVEN)
 FILES = {"docs/plugins.md": "docs/example_plugin"}  # a page -> the folder its titled blocks show
