@@ -4,6 +4,7 @@ ablation, MNIST quality, and the sampling speed of the energy head against diffu
     python benchmarks/scores.py                      # every section (about an hour on 2 CPU cores)
     python benchmarks/scores.py --only toy alpha     # the synthetic sections (about 15 minutes)
     python benchmarks/scores.py --only mnist --mnist-epochs 4
+    python benchmarks/scores.py --only family --family-epochs 22 --per-class 100
     python benchmarks/scores.py --only speed [--device cuda]
 
 toy: every rule trains the same small transformer through the real trainer (recipe `tiny`, same
@@ -17,6 +18,9 @@ generated (previous point -> next point turn) scatter: alpha = 2 collapses towar
 mnist: recipes mnist-ear / -gaussian / -gmm / -diffusion (same backbone and budget), each over the
 mnist-ae latents and over 4x4 pixel patches, scored by benchmarks/mnist_quality.py's classifier
 accuracy and feature Frechet distance.
+family: mnist-ear / -diffusion / -flow at equal training compute (each trains for the FLOPs of
+mnist-ear at --family-epochs) and, through the heads' sampler options, at equal sampling time
+(every diffusion and flow model is sampled at several head steps and solvers: FD against steps).
 speed: energy vs diffusion sampling at benchmarks/speed.py's shape (64 tokens of 16 values,
 width 256, 64 generation steps, CFG 3; diffusion with 100 denoising steps).
 """
@@ -156,24 +160,24 @@ def speed(device: torch.device) -> None:
     print(f"diffusion / energy sampling time at 64 steps, 100 denoising steps: {rows['diffusion'] / rows['energy']:.1f}x")
 
 
-MNIST_RECIPES = ("mnist-ear", "mnist-gaussian", "mnist-gmm", "mnist-diffusion")
+MNIST_RECIPES = ("mnist-ear", "mnist-gaussian", "mnist-gmm", "mnist-diffusion", "mnist-flow")
 # The recipes model the mnist-ae tokenizer's latents; in pixel space each goes back to 4x4 patches
 # of 16 values with mnist-ear-pixels' sampling settings (and the energy generator's width 128).
 PIXELS = ["model.tokenizer={name: patch, shape: [1, 28, 28], patch: [4, 4]}", "sample.num_steps=16", "sample.cfg=4.0"]
 PIXEL_FIXES = {"mnist-ear": ["model.score.width=128"], "mnist-diffusion": ["model.score.clip_x0=3.0"]}  # pixels: [-0.5, 2.8]
+NO_EXTRAS = ["train.sample_every=null", "train.checkpoint_every=null"]
 
 
-def mnist(epochs: int, workdir: Path, per_class: int, spaces: list[str]) -> None:
+def mnist(epochs: int, workdir: Path, per_class: int, spaces: list[str], recipes: list[str]) -> None:
     from mnist_quality import evaluate, train_classifier
 
     cnn = train_classifier()
     print(f"| recipe ({epochs} epochs) | tokens | accuracy | FD(gen, real) | FD(real, real) | s / image | train time |")
     print("|---|---|---|---|---|---|---|")
-    for recipe in MNIST_RECIPES:
+    for recipe in recipes:
         for space in spaces:
             overrides = PIXELS + PIXEL_FIXES.get(recipe, []) if space == "pixel" else []
-            cfg = load_recipe(recipe, [*overrides, f"train.epochs={epochs}", "train.sample_every=null",
-                                       "train.checkpoint_every=null"])
+            cfg = load_recipe(recipe, [*overrides, f"train.epochs={epochs}", *NO_EXTRAS])
             start = time.perf_counter()
             folder = train(cfg, output=workdir / f"{recipe}-{space}", progress=False)
             seconds = time.perf_counter() - start
@@ -184,13 +188,91 @@ def mnist(epochs: int, workdir: Path, per_class: int, spaces: list[str]) -> None
                   f"{r['seconds_per_image']:.3f} | {seconds / 60:.1f} min |", flush=True)
 
 
+def train_step_flops(cfg, batches: int = 8) -> float:
+    """Mean FLOPs of one training step of the recipe's model (3 x the forward pass, matmuls and
+    attention as ``FlopCounterMode`` counts them) over ``batches`` real batches of training digits
+    (the masked order's number of targets varies from step to step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from carl_image_ear.mnist import mnist_arrays
+
+    images, labels = mnist_arrays("train")
+    b = cfg.train.global_batch
+    torch.manual_seed(0)
+    model = ContinuousAR(cfg.model).train()
+    total = 0
+    for i in range(batches):
+        batch = {"data": torch.from_numpy(images[i * b : (i + 1) * b]).float().div(255)[:, None],
+                 "condition": torch.from_numpy(labels[i * b : (i + 1) * b]).long()}
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.loss(batch)
+        total += counter.get_total_flops()
+    return 3 * total / batches
+
+
+HEAD_SWEEP = {"mnist-diffusion": [(n, None) for n in (5, 10, 25, 50, 100)],
+              "mnist-flow": [(n, solver) for solver in ("euler", "midpoint") for n in (2, 4, 8, 16, 32)]}
+
+
+def mnist_family(budget_epochs: float, workdir: Path, per_class: int, recipes: list[str], overrides: list[str]) -> None:
+    """Every recipe at the training FLOPs of ``mnist-ear`` at ``budget_epochs``, then sampled at
+    its recipe's settings and, for the diffusion and flow heads, at each head sampler of
+    :data:`HEAD_SWEEP` (FD against head steps; the row whose s / image is nearest the energy
+    head's is the equal-sampling-time comparison)."""
+    from mnist_quality import evaluate, train_classifier
+
+    reference = load_recipe("mnist-ear", [*overrides, f"train.epochs={budget_epochs}"])
+    steps_per_epoch = 8000 // reference.train.global_batch
+    budget = train_step_flops(reference) * budget_epochs * steps_per_epoch
+    print(f"training budget: mnist-ear for {budget_epochs:g} epochs = {budget / 1e12:.1f} TFLOP "
+          f"(matmuls and attention, 3 x forward)", flush=True)
+    cnn = train_classifier()
+    rows = []
+    for recipe in recipes:
+        cfg = load_recipe(recipe, [*overrides, *NO_EXTRAS])
+        step_flops = train_step_flops(cfg)
+        max_steps = max(1, round(budget / step_flops))
+        cfg = load_recipe(recipe, [*overrides, *NO_EXTRAS, f"train.max_steps={max_steps}"])
+        start = time.perf_counter()
+        folder = train(cfg, output=workdir / recipe, progress=False)
+        minutes = (time.perf_counter() - start) / 60
+        model, _ = load_model(folder)
+        s = cfg.sample
+        samplers = HEAD_SWEEP.get(recipe, []) if hasattr(model.score, "set_sampler") else []
+        default = (getattr(model.score.config, "sample_steps", None), getattr(model.score.config, "solver", None))
+        for head_steps, solver in [default, *[x for x in samplers if x != default]]:
+            if head_steps is not None:
+                model.score.set_sampler(**({"sample_steps": head_steps} | ({"solver": solver} if solver else {})))
+            r = evaluate(model, cnn, per_class=per_class, cfg=s.cfg, temperature=s.temperature, steps=s.num_steps)
+            head = "-" if head_steps is None else f"{head_steps}{' ' + solver if solver else ''}"
+            rows.append((recipe, cfg.model.score.name, max_steps, step_flops, minutes, head, r))
+            print(f"| {recipe} | {max_steps} steps, {step_flops / 1e9:.1f} GFLOP each, {minutes:.1f} min | {head} | "
+                  f"{r['accuracy']:.1%} | {r['fd_gen_real']:.1f} | {r['fd_real_real']:.1f} | {r['seconds_per_image']:.3f} |",
+                  flush=True)
+    energy = [r for r in rows if r[1] == "energy"]
+    if energy:
+        target = energy[0][6]["seconds_per_image"]
+        print(f"equal sampling time (energy: {target:.3f} s / image), nearest head sampler per recipe:")
+        for recipe in dict.fromkeys(r[0] for r in rows):
+            mine = [r for r in rows if r[0] == recipe]
+            best = min(mine, key=lambda r: abs(r[6]["seconds_per_image"] - target))
+            print(f"| {recipe} | {best[5]} | {best[6]['accuracy']:.1%} | {best[6]['fd_gen_real']:.1f} | "
+                  f"{best[6]['seconds_per_image']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=["toy", "alpha", "mnist", "speed"], default=["toy", "alpha", "mnist", "speed"])
+    parser.add_argument("--only", nargs="+", choices=["toy", "alpha", "mnist", "family", "speed"],
+                        default=["toy", "alpha", "mnist", "speed"])
     parser.add_argument("--rules", nargs="+", choices=list(TOY_RULES), default=list(TOY_RULES), help="for the toy section")
     parser.add_argument("--mnist-epochs", type=int, default=4)
     parser.add_argument("--mnist-space", nargs="+", choices=["latent", "pixel"], default=["latent", "pixel"],
                         help="tokens of the MNIST section: the mnist-ae latents, 4x4 pixel patches, or both")
+    parser.add_argument("--mnist-recipes", nargs="+", default=list(MNIST_RECIPES), help="for the mnist section")
+    parser.add_argument("--family-recipes", nargs="+", default=["mnist-ear", "mnist-diffusion", "mnist-flow"])
+    parser.add_argument("--family-epochs", type=float, default=22,
+                        help="family: the training FLOPs of mnist-ear at this many epochs, for every recipe")
+    parser.add_argument("--family-set", nargs="*", default=[], help="family: overrides for every recipe")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--device", default="cpu", help="for the speed section")
     parser.add_argument("--out", default="benchmarks/out", help="folder for the figures")
@@ -210,7 +292,9 @@ def main() -> None:
             turn_histograms(results, out / "alpha_turns.png")
             print(f"figure: {out / 'alpha_turns.png'} (turn angles; truth: two spikes at +-45 degrees)")
         if "mnist" in args.only:
-            mnist(args.mnist_epochs, workdir, args.per_class, args.mnist_space)
+            mnist(args.mnist_epochs, workdir, args.per_class, args.mnist_space, args.mnist_recipes)
+        if "family" in args.only:
+            mnist_family(args.family_epochs, workdir, args.per_class, args.family_recipes, args.family_set)
         if "speed" in args.only:
             speed(torch.device(args.device))
 

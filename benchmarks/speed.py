@@ -3,6 +3,8 @@
     python benchmarks/speed.py                                   # CPU, the small shape, eager
     python benchmarks/speed.py --device cuda --shape ear-b       # eager and compiled, bf16
     python benchmarks/speed.py --device cuda --shape mar-b --modes compiled
+    python benchmarks/speed.py --shape mnist --modes eager,compiled     # the CPU ratio compiled / eager
+    python benchmarks/speed.py --recipe mnist-ear --set model.backbone.width=256 --threads 2
 
 Shapes (tokens are random, so no tokenizer or data set is needed; the backbone, order and head
 are the recipe's):
@@ -16,6 +18,9 @@ are the recipe's):
 - ``mnist``: the ``mnist-ear`` recipe's AR model (49 latent tokens of 4, generator width 64); train batch 64;
   sampling batch 100, 32 steps, CFG 3.5 (the tokenizer is left out: it is a frozen encoder and decoder).
 - ``mnist-pixels``: ``mnist-ear-pixels`` (49 patches of 16, generator width 128); 16 steps, CFG 4.
+- ``--recipe NAME [--set key=value ...]``: a recipe's conditioner, order, backbone and head over
+  random tokens of its tokenizer's shape; its global batch for training, its sampling settings
+  and a sampling batch of 100.
 
 A train step is forward (under bf16 autocast with ``--dtype bf16``), backward and the AdamW step
 (fused on CUDA), as in ``carl.train``; the EMA update is timed on its own row. ``compiled`` runs
@@ -39,7 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from carl.training.accel import DeviceEMA, compile_model, optimizer_options
-from carl.config import ModelConfig, from_dict
+from carl.config import ModelConfig, from_dict, load_recipe, to_dict
 from carl.model import ContinuousAR
 
 
@@ -94,6 +99,22 @@ SHAPES = {
         train_batch=64, sample_batch=100, sample={"num_steps": 16, "cfg": 4.0, "temperature": 0.7}, num_classes=10,
     ),
 }
+
+
+def recipe_shape(recipe: str, overrides: list[str]) -> Shape:
+    """A recipe's model over random tokens of its tokenizer's shape (the tokenizer itself is left out)."""
+    cfg = load_recipe(recipe, overrides)
+    model = ContinuousAR(cfg.model)
+    n, d = model.tokenizer.num_tokens, model.tokenizer.token_dim
+    conditioner = to_dict(cfg.model)["conditioner"]
+    classes = conditioner.get("num_classes", 10)
+    spec = _model(n, d, classes, conditioner.get("buffer", 1), to_dict(cfg.model.backbone),
+                  to_dict(cfg.model)["score"], to_dict(cfg.model)["order"])
+    spec["conditioner"] = conditioner
+    s = cfg.sample
+    return Shape(spec, train_batch=cfg.train.global_batch, sample_batch=100, num_classes=classes,
+                 sample_orders=(cfg.model.order.name,),
+                 sample={"num_steps": s.num_steps, "cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature})
 
 
 def sync(device: torch.device) -> None:
@@ -165,7 +186,12 @@ def bench_mode(shape: Shape, mode: str, args, device, autocast) -> list[Row]:
         opt.zero_grad(set_to_none=True)
 
     rows = []
-    seconds, memory = measure(device, train_step, args.repeats, warmup)
+    start = time.perf_counter()
+    for _ in range(warmup):  # compiled: these calls compile (static, then dynamic shapes)
+        train_step()
+    sync(device)
+    print(f"{mode}: the first {warmup} train steps took {time.perf_counter() - start:.1f} s", flush=True)
+    seconds, memory = measure(device, train_step, args.repeats, 0)
     with autocast:
         train_flops = 3 * flops_of(lambda: model(batch))  # backward ~ 2x forward
     rows.append(Row(f"train step, {shape.model['order']['name']}, batch {b}", mode, seconds, b, train_flops, memory))
@@ -174,7 +200,7 @@ def bench_mode(shape: Shape, mode: str, args, device, autocast) -> list[Row]:
     del opt, ema
 
     labels = torch.arange(shape.sample_batch, device=device) % shape.num_classes
-    for order in shape.sample_orders:
+    for order in shape.sample_orders if args.sampling else ():
         config = {**shape.model, "order": {**shape.model["order"], "name": order}}
         torch.manual_seed(0)
         sampler = ContinuousAR(from_dict(ModelConfig, config)).to(device).eval()
@@ -198,11 +224,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", default="small", choices=sorted(SHAPES))
+    parser.add_argument("--recipe", default=None, help="a recipe's model instead of --shape")
+    parser.add_argument("--set", nargs="*", default=[], help="with --recipe: dotted overrides")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 elsewhere")
     parser.add_argument("--modes", default=None, help="eager, compiled or both (eager,compiled; the default on CUDA)")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode: default, reduce-overhead, max-autotune")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: measured)")
+    parser.add_argument("--no-sampling", dest="sampling", action="store_false", help="time training only")
     parser.add_argument("--no-sampling-flops", dest="count_sampling_flops", action="store_false",
                         help="skip counting sampling FLOPs (one extra eager generation per row)")
     args = parser.parse_args()
@@ -211,12 +241,14 @@ def main() -> None:
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     modes = (args.modes or ("eager,compiled" if device.type == "cuda" else "eager")).split(",")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype_name == "bf16")
-    shape = SHAPES[args.shape]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = recipe_shape(args.recipe, args.set) if args.recipe else SHAPES[args.shape]
 
     rows = [row for mode in modes for row in bench_mode(shape, mode.strip(), args, device, autocast)]
     peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"shape {args.shape}, device {device} ({name}), dtype {dtype_name}, torch {torch.__version__}")
+    print(f"shape {args.recipe + ' ' + ' '.join(args.set) if args.recipe else args.shape}, device {device} ({name}), dtype {dtype_name}, torch {torch.__version__}")
     print(f"peak for MFU ({dtype_name}): {peak / 1e12:.3g} TFLOP/s ({'given' if args.peak_tflops else 'measured matmul'})")
     print("| what | mode | median time | per image | samples/s | GFLOP | TFLOP/s | MFU | peak memory |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -226,8 +258,17 @@ def main() -> None:
         flops = f"{r.flops / 1e9:.1f} | {r.flops / r.seconds / 1e12:.3g} | {r.flops / r.seconds / peak:.1%}" if r.flops else " | | "
         memory = f"{r.memory / 2**30:.2f} GiB" if r.memory is not None else ""
         print(f"| {r.what} | {r.mode} | {r.seconds * 1e3:,.1f} ms | {per_image} | {rate} | {flops} | {memory} |")
+    for line in compiled_ratios(rows):
+        print(line)
     if device.type != "cuda":
         print(f"process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def compiled_ratios(rows: list[Row]) -> list[str]:
+    """``compiled / eager`` time of each row measured both ways (below 1: compiling pays)."""
+    eager = {r.what: r.seconds for r in rows if r.mode == "eager"}
+    return [f"{r.what}: compiled / eager time {r.seconds / eager[r.what]:.2f} ({eager[r.what] / r.seconds:.2f}x speed)"
+            for r in rows if r.mode == "compiled" and r.what in eager]
 
 
 if __name__ == "__main__":

@@ -8,11 +8,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from carl.config import RecipeConfig, TokenizerRecipeConfig, apply_overrides, from_dict, load_recipe, to_dict
+from carl.config import (
+    RecipeConfig,
+    TokenizerRecipeConfig,
+    apply_overrides,
+    from_dict,
+    load_recipe,
+    parse_yaml,
+    recipe_class,
+    to_dict,
+)
 from carl.errors import CarlError
 from carl.layout import WEIGHTS_FILE
 from carl.model.folder import local_folder, publish
-from carl.training.checkpoints import latest_checkpoint
+from carl.training.checkpoints import latest_checkpoint, saved_recipe
 from carl.training.trainer import Trainer
 
 
@@ -48,7 +57,10 @@ def train(
         overrides: dotted overrides, as on the command line (``["train.max_steps=100"]``) or as
             a mapping (``{"train.max_steps": 100, "sample.cfg": 2.0}``).
         output: the output folder (default: the recipe's ``output``, ``runs/<recipe name>``).
-        resume: continue from the latest checkpoint in ``output``.
+        resume: continue from the latest checkpoint in ``output``. A recipe given by name or path
+            then stands for the run's own recipe (the one saved with that checkpoint) with
+            ``overrides`` on top, as ``carl train RECIPE --resume`` does; a
+            :class:`RecipeConfig` object is trained as it is.
         progress: show a progress bar (otherwise one line per logged step).
         overwrite: start a new run in a non-empty ``output`` (carl's earlier outputs are replaced,
             other files kept).
@@ -68,7 +80,43 @@ def train(
         ``folder = carl.train("tiny", {"train.max_steps": 100}, output="runs/my-tiny")``
     """
     cfg = resolve(recipe, overrides)
+    if resume and not isinstance(recipe, (RecipeConfig, TokenizerRecipeConfig)):
+        cfg = _run_recipe(cfg, Path(output or cfg.output), overrides)
     return Trainer(cfg, output, resume=resume, progress=progress, overwrite=overwrite).run()
+
+
+def _run_recipe(cfg: RecipeConfig | TokenizerRecipeConfig, output: Path,
+                overrides: Sequence[str] | Mapping[str, Any]) -> RecipeConfig | TokenizerRecipeConfig:
+    """What ``--resume`` trains: the run's own recipe (saved with its latest checkpoint), with the
+    overrides given now applied on top; ``cfg`` (the recipe named now) only found the folder."""
+    saved = saved_recipe(output)
+    if saved is None:
+        return cfg  # no checkpoint yet: the run starts from scratch with the recipe named now
+    try:
+        data = parse_yaml(saved.read_text())
+    except Exception as exc:
+        raise CarlError(f"cannot read the run's recipe {saved}: {type(exc).__name__}: {exc}") from exc
+    resumed = resolve(from_dict(recipe_class(data), data), overrides)
+    differ = _differences(to_dict(cfg), to_dict(resumed))
+    if differ:
+        print(f"carl: --resume continues with the run's own recipe ({saved}) and the overrides given now; the recipe "
+              f"named differs in {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}: pass an override to change "
+              f"a setting of the run")
+    return resumed
+
+
+def _differences(given: dict, used: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two plain recipes (``output`` aside)."""
+    keys = []
+    for key in sorted(set(given) | set(used)):
+        path, a, b = f"{prefix}{key}", given.get(key), used.get(key)
+        if path == "output":
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{path}.")
+        elif a != b:
+            keys.append(f"{path} ({a!r} here, {b!r} in the run)")
+    return keys
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, raw: bool = False, api=None,

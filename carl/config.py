@@ -23,9 +23,8 @@ from typing import Annotated, Any, Literal
 import annotated_types as at
 import yaml
 
-from carl.errors import CarlError, RecipeError  # noqa: F401 (CarlError: re-exported)
+from carl.errors import CarlError, FieldError, RecipeError  # noqa: F401 (CarlError: re-exported)
 from carl.plugins import recipe_files, registry
-from carl.errors import FieldError
 from carl.ranges import check_ranges, range_violation
 
 
@@ -99,6 +98,9 @@ class TrainConfig:
     an epoch has fewer steps as the batch grows, and a larger rate needs no shorter warm-up."""
 
     seed: Annotated[int, at.Ge(0)] = 0
+    # Fine-tuning: start from the weights of a model folder, a checkpoint folder, a shipped name or
+    # a Hub repo id (the model section must describe the same architecture); not used on --resume.
+    init_from: str | None = None
     global_batch: Annotated[int, at.Ge(1)] = 64
     micro_batch: Annotated[int, at.Ge(1)] | None = None  # per device and step; None: global_batch / processes
     epochs: Annotated[float, at.Gt(0)] = 10.0
@@ -367,13 +369,30 @@ def to_dict(obj: Any) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a parsed recipe."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a parsed recipe.
+
+    A key may be given once. An override of a component's ``name`` (``model.score.name=gaussian``)
+    swaps the component: it starts from the new one's defaults, as a recipe's ``extends`` does,
+    and the other overrides of that component apply to the new one, whatever their order.
+    """
+    parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise RecipeError(f"override '{item}' is not of the form key.path=value")
+        try:
+            parsed.append((key.strip(), item, parse_yaml(raw)))
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"override '{item}': not valid YAML: {exc}") from exc
+    seen: dict[str, str] = {}
+    for key, item, _ in parsed:
+        if key in seen:
+            raise RecipeError(f"override '{key}' is given twice ('{seen[key]}' and '{item}'); give it once")
+        seen[key] = item
+    names_first = sorted(parsed, key=lambda p: not p[0].endswith(".name"))  # stable: the rest keep their order
+    for key, item, value in names_first:
+        parts = key.split(".")
         node = data
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if isinstance(child, str):  # `score: energy` shorthand
@@ -381,10 +400,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise RecipeError(f"override '{item}': '{part}' is not a section")
             node = child
-        try:
-            node[parts[-1]] = parse_yaml(raw)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"override '{item}': not valid YAML: {exc}") from exc
+        if parts[-1] == "name" and "name" in node and node["name"] != value:
+            node.clear()  # another component: none of the old one's options carry over
+        node[parts[-1]] = value
     return data
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import annotated_types as at
@@ -37,6 +38,17 @@ class DataSource(ABC):
         """Decoded samples ``(B, ...)`` (float, CPU) -> uint8 pictures ``(B, H, W, 3)``, one per
         sample, or None if the data is not pictured (then ``carl sample`` writes ``.pt`` files)."""
         return None
+
+    def read(self, path: Path) -> torch.Tensor:
+        """One data item from a file a user gives (``carl sample --inpaint image.png``), in the
+        layout of the items of :meth:`dataset` (float, CPU); sources of pictures implement it.
+
+        Raises:
+            NotImplementedError: this data is not read from files (complete it in Python with
+                ``ContinuousAR.complete``).
+        """
+        raise NotImplementedError(f"the data source {type(self).__name__} reads no files; complete its data in Python "
+                                  f"with ContinuousAR.complete(data, known_mask)")
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise ValueError (one line naming both sides) when this data does not fit ``tokenizer``

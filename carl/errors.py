@@ -59,3 +59,26 @@ class TrainingInterrupted(CarlError):
         self.step = step
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """The same stop signal came twice: the run stops at once, without a checkpoint; ``exit_code``
+    is 128 + the signal (130 for SIGINT, 143 for SIGTERM), as for the first one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def moved_here(module: str, name: str) -> type[Exception]:
+    """An error class that ``module`` defined in carl 0.1 and that now lives here: returned with a
+    ``DeprecationWarning`` (for a module's ``__getattr__``), until carl 0.3."""
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(f"{module}.{name} is deprecated and will be removed in carl 0.3: use carl.errors.{name}",
+                  DeprecationWarning, stacklevel=3)
+    return cls

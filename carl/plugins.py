@@ -18,8 +18,7 @@ from typing import Any
 
 import pluggy
 
-from carl import hookspecs
-from carl.errors import CarlError, UnknownComponentError
+from carl import errors, hookspecs
 from carl.version import __version__
 
 ENTRY_POINT_GROUP = "carl"
@@ -58,7 +57,7 @@ class Registry:
 
     def register(self, name: str, obj: Any, plugin: str) -> None:
         if name in self._items:
-            raise CarlError(
+            raise errors.CarlError(
                 f"{KINDS[self.kind]} '{name}' is registered twice: by plugin '{self._owners[name]}' and by plugin '{plugin}'"
             )
         self._items[name] = obj
@@ -66,7 +65,7 @@ class Registry:
 
     def get(self, name: str) -> Any:
         if name not in self._items:
-            raise UnknownComponentError(
+            raise errors.UnknownComponentError(
                 f"unknown {KINDS[self.kind]} '{name}'; available: {', '.join(self.names()) or '(none)'}"
             )
         return self._items[name]
@@ -100,6 +99,7 @@ class _State:
     manager: pluggy.PluginManager | None = None
     registries: dict[str, Registry] = {}
     infos: dict[str, PluginInfo] = {}
+    warned: set[tuple[str, str]] = set()  # (plugin, reason) already said in this process
 
 
 def _allowed_plugins() -> set[str] | None:
@@ -110,10 +110,15 @@ def _allowed_plugins() -> set[str] | None:
 
 
 def _fail(info: PluginInfo, reason: str) -> None:
-    """Mark a plugin failed (the first reason is kept) and say so once."""
+    """Mark a plugin failed (the first reason is kept) and say so once per process: plugins are
+    loaded again (``load_plugins(force=True)``), but a user needs to hear it once; ``carl
+    plugins`` shows every failure in full."""
     if info.error is None:
         info.error = reason
-        warnings.warn(f"carl plugin '{info.name}' ({info.module}) failed to load: {reason}", stacklevel=3)
+        if (info.name, reason) not in _State.warned:
+            _State.warned.add((info.name, reason))
+            warnings.warn(f"carl plugin '{info.name}' ({info.module}) failed to load: {reason} (see `carl plugins`)",
+                          stacklevel=3)
 
 
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
@@ -173,7 +178,7 @@ def _fill_registries(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> 
         taken = Registry.clash(registries, items, plugin)
         if taken is not None:
             if plugin in BUILTIN_MODULES:
-                raise CarlError(taken)
+                raise errors.CarlError(taken)
             _fail(infos[plugin], taken)
             pm.unregister(name=plugin)
             continue
@@ -252,7 +257,7 @@ def register_commands(app: Any) -> None:
             added = _command_names(app.registered_commands[len(commands):], app.registered_groups[len(groups):])
             taken = sorted(set(added) & set(before)) or sorted({n for n in added if added.count(n) > 1})
             if taken:
-                raise CarlError(f"the command 'carl {taken[0]}' exists already")
+                raise errors.CarlError(f"the command 'carl {taken[0]}' exists already")
         except Exception as exc:
             app.registered_commands[:], app.registered_groups[:] = commands, groups
             _fail(_State.infos[impl.plugin_name], f"register_commands: {type(exc).__name__}: {exc}")
@@ -262,3 +267,7 @@ def _command_names(commands: list, groups: list) -> list[str]:
     """The names of typer commands and sub-apps (``CommandInfo`` / ``TyperInfo``)."""
     names = [c.name or c.callback.__name__.lower().replace("_", "-") for c in commands]
     return names + [g.name or g.typer_instance.info.name for g in groups]
+
+
+def __getattr__(name: str):  # carl 0.1 defined CarlError and UnknownComponentError here
+    return errors.moved_here(__name__, name)

@@ -10,6 +10,7 @@ the whole key path (``train.ema_decay: 2.0 is out of range; allowed: [0, 1)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import types
 import typing
@@ -17,8 +18,7 @@ from typing import Annotated, Any
 
 import annotated_types as at
 
-from carl.errors import FieldError
-
+from carl import errors
 
 _BOUNDS = {at.Gt: ("gt", operator.gt, "(", ">"), at.Ge: ("ge", operator.ge, "[", ">="),
            at.Lt: ("lt", operator.lt, ")", "<"), at.Le: ("le", operator.le, "]", "<=")}
@@ -41,10 +41,19 @@ def describe_range(metadata: tuple) -> str:
     return " and ".join(f"{text} {v:g}" for (_, _, _, text), v in bounds)
 
 
+# No setting of carl's is this large; past it a float cannot even hold a count exactly.
+MAX_MAGNITUDE = 2**53
+
+
 def range_violation(value: Any, metadata: tuple) -> str | None:
-    """Why ``value`` lies outside the range that annotations ``metadata`` declare, or None."""
-    if not isinstance(value, (int, float)):  # types are checked elsewhere
+    """Why ``value`` lies outside the range that annotations ``metadata`` declare, or None. Every
+    number must also be finite and at most 2**53 in size, whatever its declared range."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):  # types are checked elsewhere
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"{value!r} is too large (at most 2**53)"
     for c in _bounds(metadata):
         attr, test, _, _ = _BOUNDS[type(c)]
         if not test(value, getattr(c, attr)):
@@ -66,7 +75,7 @@ def _check_value(tp: Any, value: Any, path: str) -> None:
     if origin is Annotated:
         _check_value(args[0], value, path)
         if why := range_violation(value, args[1:]):
-            raise FieldError(path, why)
+            raise errors.FieldError(path, why)
     elif origin in (typing.Union, types.UnionType) and value is not None:
         for option in args:
             if option is not type(None):
@@ -91,3 +100,7 @@ def _unbounded(tp: Any) -> bool:
     if origin in (typing.Union, types.UnionType, tuple):
         return any(_unbounded(a) for a in typing.get_args(tp) if a is not Ellipsis)
     return tp in (int, float)
+
+
+def __getattr__(name: str):  # carl 0.1 defined FieldError here
+    return errors.moved_here(__name__, name)

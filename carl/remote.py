@@ -104,6 +104,15 @@ def hub_failure(exc: BaseException, what: str) -> CarlError:
     return CarlError(f"{what}: {hint}")
 
 
+def is_hub_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from reaching the Hub (huggingface_hub's errors, the network, offline mode)."""
+    from huggingface_hub import errors
+
+    hub_errors = (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled,
+                  errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.LocalTokenNotFoundError)
+    return isinstance(exc, hub_errors) or _is_network_error(exc)
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 

@@ -70,3 +70,12 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str |
         detail = "; ".join(f"{len(items)} {name}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}" for name, items in problems)
         raise WeightsError(f"{source} does not fit {type(module).__name__}: {detail}")
     module.load_state_dict(state, strict=True)
+
+
+def first_nonfinite(module: nn.Module) -> str | None:
+    """The name of the first floating-point weight or buffer of ``module`` holding NaN or an
+    infinity, or None when every value is finite."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

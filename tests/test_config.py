@@ -438,3 +438,21 @@ def test_a_dumped_recipe_keeps_the_order_of_the_sections_and_keys():
 def test_tokenizer_recipe_is_its_own_kind():
     cfg = load_recipe("tiny-ae")
     assert isinstance(cfg, TokenizerRecipeConfig) and cfg.tokenizer.options.channels_last
+
+
+def test_an_override_given_twice_is_refused_naming_both():
+    with pytest.raises(RecipeError, match=r"override 'train.lr' is given twice \('train.lr=1e-3' and 'train.lr=2e-3'\)"):
+        load_recipe("tiny", ["train.lr=1e-3", "train.lr=2e-3"])
+
+
+@pytest.mark.parametrize("overrides", [["model.score.name=gaussian", "model.score.sigma=0.5"],
+                                       ["model.score.sigma=0.5", "model.score.name=gaussian"]])
+def test_a_component_swapped_by_name_starts_from_its_defaults(overrides):
+    cfg = load_recipe("tiny", overrides)  # tiny's energy score has alpha, noise_dim, ...: none carry over
+    assert cfg.model.score.name == "gaussian" and cfg.model.score.options.sigma == 0.5
+    assert cfg.model.score.options.width == 256  # the gaussian head's default, not tiny's energy width 32
+
+
+def test_the_same_name_keeps_the_component_s_options():
+    cfg = load_recipe("tiny", ["model.score.name=energy", "model.score.alpha=1.5"])
+    assert cfg.model.score.options.width == 32 and cfg.model.score.options.alpha == 1.5

@@ -16,6 +16,7 @@ from carl import cli
 from carl.errors import CarlError
 from carl.plugins import load_plugins
 from carl.testing import options_without_help
+from helpers import run_cli
 
 DOCS = Path(__file__).parents[1] / "docs"
 EXAMPLE = DOCS / "example_plugin"
@@ -31,13 +32,8 @@ def test_the_docs_show_every_file_of_the_example_exactly():
 
 
 def run(argv, capsys):
-    try:
-        cli.main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(argv, capsys)
+    return code, out + err
 
 
 @pytest.fixture

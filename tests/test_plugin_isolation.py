@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
-from carl import cli
+import carl.plugins as plugins
 from carl.plugins import load_plugins, plugin_infos, registry
+from helpers import run_cli as run
 
 PLUGINS = {
     "good": '''
@@ -83,6 +84,7 @@ def installed(tmp_path, monkeypatch):
         (info / "entry_points.txt").write_text(f"[carl]\n{name} = carl_iso_{name}.plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CARL_PLUGINS", ",".join(PLUGINS))
+    monkeypatch.setattr(plugins._State, "warned", set())  # each test is a fresh process as far as warnings go
     with pytest.warns(UserWarning, match="failed to load"):
         load_plugins(force=True)
     yield
@@ -90,16 +92,6 @@ def installed(tmp_path, monkeypatch):
         del sys.modules[module]
     monkeypatch.undo()
     load_plugins(force=True)
-
-
-def run(argv, capsys):
-    try:
-        cli.main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_each_broken_plugin_fails_alone_with_its_reason(installed):

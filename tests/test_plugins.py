@@ -5,13 +5,14 @@ import pytest
 
 from carl import hookspecs
 from carl.hookspecs import hookimpl
-from carl.errors import CarlError
 from carl.plugins import load_plugins, plugin_infos, registry
 from carl.conditioners import ClassConditioner
 from carl.data import ToySequences
 from carl.metrics import HeldOutLoss
 from carl.scores import EnergyScore
 from carl.tokenizers import PatchTokenizer
+import warnings
+import carl.plugins as plugins
 
 RECIPES = Path(__file__).parent / "data" / "recipes"
 
@@ -131,7 +132,7 @@ def test_a_plugin_reusing_a_name_fails_alone_and_names_both(fresh, monkeypatch):
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: crps, diffusion, energy, gaussian, gmm, kernel"):
+    with pytest.raises(KeyError, match="unknown scoring rule 'nope'; available: crps, diffusion, energy, flow, gaussian, gmm, kernel"):
         registry("scores").get("nope")
 
 
@@ -277,3 +278,34 @@ def test_a_separately_installed_distribution_is_discovered_and_trains(fresh, tmp
     import json
 
     assert json.loads((out / "carl.json").read_text())["plugins"] == {"walks": {"distribution": "carl-walks", "version": "0.3.0"}}
+
+
+def test_a_failure_is_said_once_per_process(monkeypatch):
+    monkeypatch.setattr(plugins._State, "warned", set())
+    info = plugins.PluginInfo(name="broken", version="1", module="broken.plugin")
+    again = plugins.PluginInfo(name="broken", version="1", module="broken.plugin")  # a reload's fresh record
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plugins._fail(info, "ImportError: no")
+        plugins._fail(again, "ImportError: no")
+        plugins._fail(info, "a second reason")  # the first reason is kept
+    assert [str(w.message) for w in caught] == [
+        "carl plugin 'broken' (broken.plugin) failed to load: ImportError: no (see `carl plugins`)"]
+    assert info.error == again.error == "ImportError: no"
+
+
+def test_an_empty_carl_plugins_loads_the_built_ins_only(monkeypatch):
+    from carl.plugins import load_plugins, plugin_infos, registry
+
+    monkeypatch.setenv("CARL_PLUGINS", "")
+    try:
+        load_plugins(force=True)
+        assert {i.name for i in plugin_infos()} == {"carl.tokenizers", "carl.orders", "carl.scores", "carl.conditioners",
+                                                      "carl.data", "carl.metrics", "carl.recipes"}
+        assert "kl16" not in registry("tokenizers") and "patch" in registry("tokenizers")
+        monkeypatch.delenv("CARL_PLUGINS")  # unset: every installed plugin (the image plugin is, in this suite)
+        load_plugins(force=True)
+        assert "kl16" in registry("tokenizers")
+    finally:
+        monkeypatch.undo()
+        load_plugins(force=True)

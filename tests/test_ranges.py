@@ -9,6 +9,11 @@ from carl.config import BackboneConfig, RecipeConfig, TrainConfig, load_recipe
 from carl.errors import RecipeError
 from carl.plugins import registry
 from carl.ranges import unbounded_fields
+from dataclasses import dataclass
+from typing import Annotated
+import annotated_types as at
+from carl.errors import FieldError
+from carl.ranges import check_ranges
 
 KINDS = ("tokenizers", "orders", "scores", "conditioners", "datasets", "metrics")
 
@@ -103,3 +108,36 @@ def test_yaml_merge_keys_may_still_override(tmp_path):
 def test_duplicate_keys_in_an_override_value_fail():
     with pytest.raises(RecipeError, match="duplicate key 'name'"):
         load_recipe("tiny", ["model.order={name: masked, name: causal}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=inf", "train.lr: inf is not a finite number"),
+    ("train.lr=.nan", "train.lr: nan is not a finite number"),
+    ("sample.cfg=inf", "sample.cfg: inf is not a finite number"),
+    ("train.epochs=-.inf", "train.epochs: -inf is not a finite number"),
+    ("train.max_steps=100000000000000000000000", r"train.max_steps: 100000000000000000000000 is too large \(at most 2\*\*53\)"),
+])
+def test_numbers_are_finite_and_countable(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("tiny", [override])
+
+
+@dataclass(frozen=True)
+class Pairs:
+    pairs: tuple[tuple[Annotated[float, at.Ge(0)], Annotated[float, at.Gt(0)]], ...] | None = None
+    size: Annotated[int, at.Ge(1)] | None = None
+
+    def __post_init__(self):
+        check_ranges(self)
+
+
+def test_ranges_reach_optional_tuples_of_configs_built_in_python():
+    assert Pairs(((0.0, 1.0), (3.0, 0.5)), 4).size == 4 and Pairs().pairs is None
+    with pytest.raises(FieldError, match=r"pairs\[1\]\[1\] 0.0 is out of range; allowed: > 0"):
+        Pairs(((0.0, 1.0), (3.0, 0.0)))
+    with pytest.raises(FieldError, match=r"pairs\[0\]\[0\] inf is not a finite number"):
+        Pairs(((float("inf"), 1.0),))
+    with pytest.raises(FieldError, match="size 0 is out of range"):
+        Pairs(size=0)
+    with pytest.raises(FieldError, match=r"train_temperature\[0\]\[1\] nan is not a finite number"):
+        TrainConfig(train_temperature=((0.0, float("nan")),))

@@ -1,5 +1,5 @@
-"""carl's own commands: ``train``, ``cache``, ``sample`` and ``push``. Heavy modules are imported
-when a command runs, so ``carl --help`` stays fast."""
+"""carl's own commands ``train``, ``cache`` and ``push`` (``sample`` has a module of its own). Heavy
+modules are imported when a command runs, so ``carl --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -22,22 +22,25 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start a new run in a non-empty output folder: carl's "
                                             "earlier outputs are replaced, other files kept.")] = False,
 ) -> None:
-    """Train a model from RECIPE; the output folder becomes a model folder for `carl sample`."""
-    from carl.config import load_recipe
+    """Train a model from RECIPE (or a tokenizer, from a tokenizer recipe); the output folder becomes a model folder for
+    `carl sample` (a tokenizer folder for AR recipes). With --resume the run continues with its own
+    recipe (saved with its checkpoints), OVERRIDES given now on top."""
     from carl.training.processes import spread_cpu_launch
 
     code = spread_cpu_launch()  # `accelerate launch --cpu --num_processes N` started only this process
     if code is not None:
         raise typer.Exit(code)
+    from carl.api import resolve
     from carl.api import train as run_training
+    from carl.config import TokenizerRecipeConfig
 
-    cfg = load_recipe(recipe, overrides or [])
-    out = run_training(cfg, output=output, resume=resume, progress=progress, overwrite=overwrite)
+    out = run_training(recipe, overrides or [], output=output, resume=resume, progress=progress, overwrite=overwrite)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # one report for a multi-process run
         return
-    typer.echo(f"model folder: {out}")  # the training summary above lists the rest
+    kind = "tokenizer" if isinstance(resolve(recipe, overrides or []), TokenizerRecipeConfig) else "model"
+    typer.echo(f"{kind} folder: {out}")  # the training summary above lists the rest
 
 
 @app.command()
@@ -49,8 +52,8 @@ def cache(
     shard_size: Annotated[int, typer.Option("--shard-size", help="Items per Arrow shard (the unit of resumption).")] = 4096,
 ) -> None:
     """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
-    from carl.training.cache import build_cache
     from carl.config import load_recipe
+    from carl.training.cache import build_cache
 
     cfg = load_recipe(recipe, overrides or [])
     folder = output or (Path(cfg.cache) if cfg.cache else None)
@@ -58,44 +61,6 @@ def cache(
         raise CarlError("the recipe sets no `cache` folder: pass --output DIR (and set cache=DIR when training)")
     build_cache(cfg, folder, batch_size=batch_size, shard_size=shard_size)
     typer.echo(f"token cache: {folder} (train with cache={folder})")
-
-
-@app.command()
-def sample(
-    model: Annotated[str, typer.Argument(
-        help="A model folder (a training output or a saved model), a checkpoint folder "
-             "(runs/x/checkpoints/step-N: its EMA weights) or a Hub repo id (user/name).")],
-    num: Annotated[Optional[int], typer.Option("--num", "-n", help="Samples per row (default: the recipe's).")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated conditions, one grid row each: 3,5,7")] = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (1: none).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Generation steps (masked orders).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the generation order and the sampling noise.")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="The file to write, exactly: a picture of the grid (.png, .jpg, .webp) or the samples as "
-                            "a tensor (.pt); parent folders are created. Default: samples.png, or samples.pt when the "
-                            "data cannot be drawn.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")] = False,
-) -> None:
-    """Sample a grid (rows of conditions) from a trained model and write it as a picture or a tensor."""
-    from dataclasses import replace
-
-    from carl.model import open_model
-    from carl.model.samples import can_draw, check_output, generate_grid, write_samples
-
-    loaded = open_model(model)
-    source = loaded.data_source()
-    out = out or Path("samples.png" if can_draw(source) else "samples.pt")
-    check_output(out, source, overwrite)  # before spending time on sampling
-    changes = dict(per_row=num, cfg=cfg, num_steps=steps, temperature=temperature, seed=seed)
-    settings = replace(loaded.sample, **{k: v for k, v in changes.items() if v is not None})
-    conditions = None
-    if labels:
-        rows = loaded.model.conditioner.parse([v.strip() for v in labels.split(",") if v.strip()])
-        settings = replace(settings, rows=len(rows))
-        conditions = rows.repeat_interleave(settings.per_row)
-    data = generate_grid(loaded.model, settings, conditions, progress=True)
-    typer.echo(f"wrote {write_samples(source, data, settings.rows, out)}")
 
 
 @app.command()

@@ -10,8 +10,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from carl.config import Component, ModelConfig, from_dict, to_dict
-from carl.model import generation
+from carl.config import Component, ModelConfig, SampleConfig, from_dict, to_dict
+from carl.model import completion, generation
 from carl.model.backbone import Backbone
 from carl.model.folder import ModelFolderMixin
 from carl.orders.base import Plan, gather_rows
@@ -52,7 +52,7 @@ class ContinuousAR(
                 plain form as read from ``config.json``.
 
         Raises:
-            carl.config.RecipeError: a part names an unknown component or a wrong option.
+            carl.errors.RecipeError: a part names an unknown component or a wrong option.
         """
         super().__init__()
         if isinstance(config, dict):  # from config.json; the Hub mixin decodes dataclasses only shallowly
@@ -73,6 +73,7 @@ class ContinuousAR(
             query_next=self.order.query_next,
         )
         self.score = config.score.build("scores", hidden_dim=config.backbone.width, token_dim=self.tokenizer.token_dim)
+        self.sample_config = SampleConfig()  # generate()'s defaults; from_pretrained sets the shipped ones
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -181,10 +182,10 @@ class ContinuousAR(
         condition: torch.Tensor | None = None,
         *,
         batch_size: int | None = None,
-        num_steps: int = 64,
-        cfg: float = 1.0,
-        cfg_schedule: str = "linear",
-        temperature: float = 1.0,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
         return_tokens: bool = False,
@@ -201,6 +202,9 @@ class ContinuousAR(
             cfg: classifier-free guidance scale (1: none).
             cfg_schedule: ``linear`` (scale grows with the share of known tokens, as in MAR/EAR) or ``constant``.
             temperature: the scoring rule's sampling temperature.
+                Each of these four defaults to :attr:`sample_config`: the settings the model was
+                trained and shipped with (its recipe's ``sample`` section, read by
+                :meth:`from_pretrained`), or carl's defaults (64 steps, CFG 1, linear, temperature 1).
             generator: seeds the order and the sampling noise.
             progress: show a progress bar over generation steps.
             prompt: tokens ``(B, K, D)`` given for the first K positions (causal order only):
@@ -223,6 +227,7 @@ class ContinuousAR(
         Example:
             ``model.generate(torch.tensor([3, 5]), num_steps=16, cfg=4.0, temperature=0.7)``
         """
+        num_steps, cfg, cfg_schedule, temperature = self._sampling(num_steps, cfg, cfg_schedule, temperature)
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if prompt is not None:
@@ -244,6 +249,8 @@ class ContinuousAR(
             n = self.tokenizer.num_tokens
             order = self.order.generation_order(batch_size, n, generator, device)
             schedule = self.order.schedule(n, num_steps)
+            if prompt is not None:  # its tokens are given, not generated
+                schedule = [known for known in schedule if known > prompt.shape[1]]
             steps = bar(schedule, desc="generating", leave=False, progress=progress)
             sampler = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, generator=generator)
             if self.order.attention == "bidirectional":
@@ -254,6 +261,104 @@ class ContinuousAR(
         finally:
             self.train(was_training)
         return tokens if return_tokens else self.tokenizer.decode(tokens)
+
+    def _sampling(self, num_steps, cfg, cfg_schedule, temperature) -> tuple:
+        """The settings given, the model's shipped ones (:attr:`sample_config`) for those that are not."""
+        d = self.sample_config
+        return (d.num_steps if num_steps is None else num_steps, d.cfg if cfg is None else cfg,
+                d.cfg_schedule if cfg_schedule is None else cfg_schedule, d.temperature if temperature is None else temperature)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        data: torch.Tensor,
+        known_mask: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_tokens: bool = False,
+        keep_known: bool = True,
+    ) -> torch.Tensor:
+        """Complete partly known data: the parts not in ``known_mask`` are generated, consistent with
+        the known ones (inpainting, outpainting, the rest of a half digit, a gap in a series).
+
+        The data goes through the tokenizer: its tokens are encoded (the posterior mean for a VAE)
+        and the data mask is mapped to a token mask by :meth:`Tokenizer.token_mask`: a token is
+        known when every value it covers is known, so a token that covers part of the hole is
+        generated whole. With ``keep_known`` the known values of ``data`` are put back into the
+        decoded result (a tokenizer reconstructs them only approximately).
+
+        Args:
+            data: a batch in the tokenizer's data layout (images ``(B, C, H, W)``, series ``(B, T, C)``).
+            known_mask: bool, True where ``data`` is known; ``data``'s shape or one that broadcasts
+                to it (``(H, W)`` for one mask over a batch of images).
+            condition: one condition per sample (class labels ``(B,)``), or None.
+            num_steps, cfg, cfg_schedule, temperature, generator, progress: as :meth:`generate`.
+            return_tokens: return the completed tokens ``(B, N, D)`` instead of decoding them.
+            keep_known: put the known values of ``data`` back into the decoded result.
+
+        Returns:
+            The completed data (``data``'s shape), or tokens with ``return_tokens``.
+
+        Raises:
+            ValueError: the order cannot condition on the known part (the causal order completes
+                a prefix only), or the mask does not fit the data.
+            NotImplementedError: the tokenizer cannot map a data mask to tokens (complete tokens
+                with :meth:`complete_tokens` then).
+
+        Example:
+            ``top = torch.zeros(28, 28, dtype=torch.bool); top[:14] = True``
+            ``model.complete(digits, top, labels)``
+        """
+        try:
+            mask = torch.as_tensor(known_mask, dtype=torch.bool, device=data.device).expand_as(data)
+        except RuntimeError as exc:
+            raise ValueError(f"known_mask of shape {tuple(torch.as_tensor(known_mask).shape)} does not fit data of shape "
+                             f"{tuple(data.shape)}") from exc
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = self.tokenizer.encode(data.to(self.backbone.pos_embed.device))
+            known = self.tokenizer.token_mask(mask).to(tokens.device)
+        finally:
+            self.train(was_training)
+        completed = self.complete_tokens(tokens, known, condition, num_steps=num_steps, cfg=cfg, cfg_schedule=cfg_schedule,
+                                         temperature=temperature, generator=generator, progress=progress)
+        if return_tokens:
+            return completed
+        decoded = self.tokenizer.decode(completed)
+        return torch.where(mask.to(decoded.device), data.to(decoded), decoded) if keep_known else decoded
+
+    @torch.no_grad()
+    def complete_tokens(
+        self,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        cfg: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Tokens ``(B, N, D)`` whose positions not ``known (B, N)`` are generated, the known ones
+        returned exactly as given (:mod:`carl.model.completion`; settings as :meth:`generate`)."""
+        settings = dict(zip(("num_steps", "cfg", "cfg_schedule", "temperature"),
+                            self._sampling(num_steps, cfg, cfg_schedule, temperature)))
+        was_training = self.training
+        self.eval()
+        try:
+            return completion.complete_tokens(self, tokens, known, condition, generator=generator, progress=progress,
+                                              static=generation.static_by_default(tokens.device), **settings)
+        finally:
+            self.train(was_training)
 
 
 def _with_resolved_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:

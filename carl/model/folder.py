@@ -20,14 +20,22 @@ from pathlib import Path
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file
 
-from carl.config import ModelConfig, RecipeConfig, dump_recipe, from_dict, parse_yaml, to_dict
+from carl.config import ModelConfig, RecipeConfig, SampleConfig, dump_recipe, from_dict, parse_yaml, to_dict
 from carl.errors import CarlError, WeightsError
 from carl.layout import (
-    CHECKPOINTS, CONFIG_FILE, EMA_FILE, PUBLISHED, RECIPE_FILE, REQUIREMENTS_FILE, RESULTS_FILE, WEIGHTS_FILE, step_of,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    EMA_FILE,
+    PUBLISHED,
+    RECIPE_FILE,
+    REQUIREMENTS_FILE,
+    RESULTS_FILE,
+    WEIGHTS_FILE,
+    step_of,
 )
 from carl.model.card import pip_requirement, write_card
 from carl.plugins import plugin_infos, registry
-from carl.remote import check_repo_id, upload_folder
+from carl.remote import check_repo_id, hub_failure, is_hub_error, upload_folder
 from carl.version import __version__
 from carl.weights import load_strict
 
@@ -157,6 +165,23 @@ def write_model_folder_extras(folder: Path, recipe: RecipeConfig | ModelConfig |
     write_card(folder, location)
 
 
+def record_results(folder: str | Path, figures: dict) -> Path:
+    """Add measured ``figures`` (e.g. ``{"FID (50,000 images, 64 steps, CFG 3.0)": 2.8}``) to a local
+    model folder's ``results.json`` (figures of the same name are replaced, others kept) and
+    rewrite its card, so the figures travel with the model; returns the results file."""
+    folder = local_folder(folder)
+    path = folder / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise CarlError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(results, dict):
+        raise CarlError(f"{path} is not a JSON object of figures")
+    path.write_text(json.dumps({**results, **figures}, indent=2, default=str))
+    write_card(folder)
+    return path
+
+
 def publish(folder: str | Path, repo_id: str, *, private: bool = False, weights: Path | None = None, api=None,
             commit_message: str = "Upload carl model") -> str:
     """Upload a local model folder's published files (:data:`carl.layout.PUBLISHED`; never its
@@ -185,6 +210,7 @@ class ModelFolderMixin(PyTorchModelHubMixin):
     (its :class:`carl.config.ModelConfig`) and takes it as its only constructor argument."""
 
     config: ModelConfig
+    sample_config: SampleConfig  # the sampling settings of its recipe, when the folder has one
 
     def save_pretrained(
         self,
@@ -288,10 +314,17 @@ class ModelFolderMixin(PyTorchModelHubMixin):
             if is_checkpoint(folder):
                 return cls.from_checkpoint(folder).to(map_location)
             read_config(folder)  # a missing or corrupt config.json named in one line, before the mixin reads it
-        return super().from_pretrained(
-            pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
-            force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,
-        )
+        try:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                force_download=force_download, local_files_only=local_files_only, map_location=map_location, strict=strict,
+            )
+        except CarlError:
+            raise
+        except Exception as exc:
+            if folder.is_dir() or not is_hub_error(exc):
+                raise
+            raise hub_failure(exc, f"cannot load '{pretrained_model_name_or_path}' from the Hub") from exc
 
     @classmethod
     def from_checkpoint(cls, folder: Path):
@@ -304,6 +337,7 @@ class ModelFolderMixin(PyTorchModelHubMixin):
             load_safetensors(model, str(folder / EMA_FILE), strict=True)
         except Exception as exc:
             raise CarlError(f"cannot read the EMA weights {folder / EMA_FILE}: {type(exc).__name__}: {exc}") from exc
+        model.sample_config = recipe.sample
         return model.eval()
 
     @classmethod
@@ -332,7 +366,11 @@ class ModelFolderMixin(PyTorchModelHubMixin):
         if requirements_file is not None:
             check_requirements(requirements_file.parent)
         model = cls(**model_kwargs)
-        return cls._load_as_safetensor(model, str(fetch(WEIGHTS_FILE, required=True)), map_location, strict)
+        model = cls._load_as_safetensor(model, str(fetch(WEIGHTS_FILE, required=True)), map_location, strict)
+        recipe_file = fetch(RECIPE_FILE, required=False)
+        if recipe_file is not None:  # the sampling settings it was trained and shipped with
+            model.sample_config = read_recipe(recipe_file.parent).sample
+        return model
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file, map_location, strict):

@@ -25,15 +25,15 @@ def sample_step(model, hidden, known_after, *, cfg, cfg_schedule, temperature, g
     return model.score.sample(hidden, temperature=temperature, guidance=guidance, generator=generator)
 
 
-def generate_bidirectional(model, cond, order, steps, **sampler) -> torch.Tensor:
+def generate_bidirectional(model, cond, order, steps, tokens=None, known_before: int = 0, **sampler) -> torch.Tensor:
     """Tokens ``(B, N, D)``: at each step, the positions ``order`` writes next, drawn together from
     the hidden states of the known tokens and mask tokens; ``steps`` yields the count known after
-    each step."""
+    each step. ``tokens`` with ``known_before`` > 0: the first ``known_before`` positions of
+    ``order`` are given there (completion) and kept as they are."""
     batch, n, d = order.shape[0], model.tokenizer.num_tokens, model.tokenizer.token_dim
     rows = cond.shape[0] // batch  # 2 under CFG
     ranks = order.argsort(dim=-1)  # (B, N): step index at which each position is written
-    tokens = cond.new_zeros(batch, n, d, dtype=torch.float32)
-    known_before = 0
+    tokens = cond.new_zeros(batch, n, d, dtype=torch.float32) if tokens is None else tokens.float().clone()
     for known_after in steps:  # gathers and scatters of fixed-size indices: no host-device sync
         known = (ranks < known_before).repeat(rows, 1)
         known_index = sorted_positions(order, 0, known_before).repeat(rows, 1)  # (rows * B, K)
@@ -48,7 +48,8 @@ def generate_bidirectional(model, cond, order, steps, **sampler) -> torch.Tensor
 
 def generate_causal(model, cond, order, steps, prompt=None, static=False, **sampler) -> torch.Tensor:
     """Tokens ``(B, N, D)``, one per step in ``order`` from a KV cache (``static``: fixed shapes);
-    ``prompt (B, K, D)`` gives the first K positions, read in one pass with the condition."""
+    ``steps`` yields the count known after each step. ``prompt (B, K, D)`` gives the first K
+    positions of ``order``, read in one pass with the condition; ``steps`` then starts at K + 1."""
     batch, n, d = order.shape[0], model.tokenizer.num_tokens, model.tokenizer.token_dim
     rows = cond.shape[0] // batch
     order_rows = order.repeat(rows, 1)
@@ -61,9 +62,8 @@ def generate_causal(model, cond, order, steps, prompt=None, static=False, **samp
         tokens = ordered[:, :given].repeat(rows, 1, 1)
         x = torch.cat([x, model.causal_inputs(tokens, order_rows[:, :given], order_rows[:, 1 : given + 1])], dim=1)
     hidden = model.backbone(x, causal=True, cache=cache)[:, -1].contiguous()  # the strides of every later step
-    for i, known_after in enumerate(steps):
-        if i < given:
-            continue
+    for known_after in steps:
+        i = known_after - 1  # the position in the order this step writes
         ordered[:, i] = sample_step(model, hidden, known_after, **sampler)
         if i + 1 < n:
             token = ordered[:, i : i + 1].repeat(rows, 1, 1)

@@ -29,21 +29,24 @@ def grid_conditions(model, rows: int, per_row: int) -> torch.Tensor | None:
     return None if conditions is None else conditions.repeat_interleave(per_row)
 
 
-def generate_grid(model, sample: SampleConfig, conditions: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
-    """Decoded samples for a ``rows x per_row`` grid under the recipe's sampling settings."""
+def generate_grid(model, sample: SampleConfig, conditions: torch.Tensor | None = None, progress: bool = False,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Decoded samples for a ``rows x per_row`` grid under the recipe's sampling settings, generated
+    ``batch_size`` at a time (default: all at once; one seeded generator runs through the batches,
+    so the samples depend on the batch size)."""
     if conditions is None:
         conditions = grid_conditions(model, sample.rows, sample.per_row)
+    total = sample.rows * sample.per_row if conditions is None else len(conditions)
+    batch_size = batch_size or total
     generator = torch.Generator(device="cpu").manual_seed(sample.seed)
-    return model.generate(
-        conditions,
-        batch_size=sample.rows * sample.per_row,
-        num_steps=sample.num_steps,
-        cfg=sample.cfg,
-        cfg_schedule=sample.cfg_schedule,
-        temperature=sample.temperature,
-        generator=generator,
-        progress=progress,
-    )
+    settings = dict(num_steps=sample.num_steps, cfg=sample.cfg, cfg_schedule=sample.cfg_schedule,
+                    temperature=sample.temperature, generator=generator, progress=progress)
+    batches = []
+    for start in range(0, total, batch_size):
+        count = min(batch_size, total - start)
+        chunk = None if conditions is None else conditions[start : start + count]
+        batches.append(model.generate(chunk, batch_size=count, **settings))
+    return torch.cat(batches)
 
 
 def render(source: DataSource, data: torch.Tensor) -> np.ndarray | None:
@@ -109,3 +112,33 @@ def write_samples(source: DataSource | None, data: torch.Tensor, rows: int, path
 def save_sample_grid(model, source: DataSource, sample: SampleConfig, path: Path) -> Path | None:
     """Generate and save a grid as PNG; None if the data source cannot be pictured."""
     return save_grid(source, generate_grid(model, sample), sample.rows, path)
+
+
+KEEP = ("top", "bottom", "left", "right")
+
+
+def keep_mask(shape: tuple[int, ...], keep: str) -> torch.Tensor:
+    """A known-mask of one item of ``shape`` that keeps its ``top``, ``bottom``, ``left`` or ``right``
+    half (the last two axes are rows and columns: ``(C, H, W)`` images)."""
+    if keep not in KEEP:
+        raise CarlError(f"--keep {keep}: choose one of {', '.join(KEEP)}")
+    if len(shape) < 2:
+        raise CarlError(f"--keep needs data of rows and columns; this data's items have shape {tuple(shape)}")
+    known = torch.zeros(shape, dtype=torch.bool)
+    rows, cols = shape[-2], shape[-1]
+    region = {"top": (slice(0, rows // 2), slice(None)), "bottom": (slice(rows // 2, None), slice(None)),
+              "left": (slice(None), slice(0, cols // 2)), "right": (slice(None), slice(cols // 2, None))}[keep]
+    known[(..., *region)] = True
+    return known
+
+
+def save_completion_grid(source: DataSource, originals: torch.Tensor, known: torch.Tensor, completions: torch.Tensor,
+                         path: Path) -> Path | None:
+    """One column per original: the original with its hole (shown at the middle of the data's
+    range) above its completions, ``completions`` being ``(K * B, ...)`` (K completions of each of
+    the ``B`` originals, original-major). None if the data cannot be drawn."""
+    batch = len(originals)
+    middle = (originals.amin() + originals.amax()) / 2
+    holes = torch.where(known, originals, middle)
+    per_original = completions.view(batch, -1, *completions.shape[1:]).transpose(0, 1).flatten(0, 1)  # row-major
+    return save_grid(source, torch.cat([holes, per_original]), 1 + len(completions) // batch, path)

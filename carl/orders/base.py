@@ -67,6 +67,21 @@ class Order(ABC):
         """The ``(B, N)`` order in which generation writes positions."""
         return self.plan(batch_size, seq_len, generator, device).order
 
+    def completion_order(self, known: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The ``(B, N)`` order that completes rows whose ``known (B, N)`` positions are given (every
+        row knows as many): the known positions first, ascending, then the unknown ones in a
+        uniformly random order (MAR's inpainting, sigma-GPT's conditioning on any set).
+
+        Raises:
+            ValueError: this order cannot condition on such a set (see :class:`CausalOrder`).
+        """
+        batch, seq_len = known.shape
+        gen_device = generator.device if generator is not None else known.device
+        noise = torch.rand(batch, seq_len, generator=generator, device=gen_device).to(known.device)  # in [0, 1)
+        position = torch.arange(seq_len, device=known.device, dtype=noise.dtype).expand(batch, seq_len)
+        keys = torch.where(known, position - seq_len, noise)  # known: negative and ascending; unknown: random
+        return keys.argsort(dim=1)
+
 
 def sorted_positions(order: torch.Tensor, start: int, end: int | None = None) -> torch.Tensor:
     """``(B, end - start)``: the positions written at generation steps ``start .. end - 1`` of

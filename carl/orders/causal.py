@@ -32,3 +32,13 @@ class CausalOrder(Order):
 
     def schedule(self, seq_len: int, num_steps: int) -> list[int]:
         return one_per_step(seq_len)
+
+    def completion_order(self, known: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Raster order: the known tokens must be a prefix (the first K in raster order); a causal
+        model predicts each token from those before it, so it cannot fill a hole."""
+        batch, seq_len = known.shape
+        prefix = torch.arange(seq_len, device=known.device) < known.sum(1, keepdim=True)
+        if not torch.equal(known, prefix):
+            raise ValueError("the causal order completes a prefix (the first tokens in raster order) but cannot fill "
+                             "a hole; train the model with order random or masked to fill any known set")
+        return identity_order(batch, seq_len, known.device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Callable, Literal
 
 import annotated_types as at
@@ -33,7 +33,7 @@ class DiffusionScoreConfig:
     depth: Annotated[int, at.Ge(1)] = 3
     width: Annotated[int, at.Ge(1)] = 256
     train_steps: Annotated[int, at.Ge(1)] = 1000
-    sample_steps: Annotated[int, at.Ge(1)] = 100
+    sample_steps: Annotated[int, at.Ge(2)] = 100  # 2 at least: one respaced step is no chain (MAR fails on it too)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_mul: Annotated[int, at.Ge(1)] = 4
     clip_x0: Annotated[float, at.Gt(0)] | None = None
@@ -262,6 +262,18 @@ class DiffusionScore(ScoringRule):
             betas = betas_for(config.schedule, config.train_steps)
             self.train_schedule = NoiseSchedule(betas)
             self.sample_schedule = NoiseSchedule(betas, respaced_timesteps(config.train_steps, config.sample_steps))
+
+    def set_sampler(self, *, sample_steps: int | None = None) -> None:
+        """Sample a trained head with another number of respaced steps (no retraining); the value
+        is checked like a recipe's (at least 1, at most ``train_steps``)."""
+        if sample_steps is None:
+            return
+        config = replace(self.config, sample_steps=sample_steps)
+        device = self.sample_schedule.timesteps.device
+        with torch.device("cpu"):
+            betas = betas_for(config.schedule, config.train_steps)
+            schedule = NoiseSchedule(betas, respaced_timesteps(config.train_steps, config.sample_steps))
+        self.config, self.sample_schedule = config, schedule.to(device)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         r = self.config.batch_mul

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from carl.ranges import check_ranges
-from carl.tokenizers.base import Tokenizer
+from carl.tokenizers.base import Tokenizer, cell_mask
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 LOG_VAR_RANGE = (-30.0, 20.0)  # as KL-16: keeps exp(log_var) finite
@@ -237,6 +237,14 @@ class AutoencoderTokenizer(Tokenizer):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device if generator is None else generator.device)
             mean = mean + torch.exp(0.5 * log_var) * noise.to(mean.device)
         return self._to_tokens(mean)
+
+    def token_mask(self, known: torch.Tensor) -> torch.Tensor:
+        """The token of a latent cell is known when every value of the data cell it sits on (the
+        downsampling factor wide, all channels) is known. Its receptive field is wider than that
+        cell, so values next to a hole reach it too: the known tokens are encoded from data whose
+        hole is whatever ``data`` holds there (fill it with a plausible value, e.g. 0)."""
+        spatial = known.all(dim=-1) if self.config.channels_last else known.all(dim=1)
+        return cell_mask(spatial, self.grid)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
@@ -54,6 +55,17 @@ class Tokenizer(nn.Module, ABC):
         """Tokens ``(B, N, D)`` from a batch of cache rows (see :meth:`cache`)."""
         return batch["tokens"].float()
 
+    def token_mask(self, known: torch.Tensor) -> torch.Tensor:
+        """Which tokens a data mask fully knows: ``known`` (bool, the data's shape ``(B, ...)``) ->
+        ``(B, N)`` bool, True for a token every value of which is known (completion generates the
+        others whole). Tokenizers of a grid of cells implement it with :func:`cell_mask`.
+
+        Raises:
+            NotImplementedError: the tokenizer has no data-to-token map (complete tokens directly).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot map a data mask to its tokens; "
+                                  "complete token masks with ContinuousAR.complete_tokens")
+
     def fit(self, x: torch.Tensor) -> None:
         """Estimate data-dependent state (e.g. normalisation) from a sample batch; default: nothing."""
 
@@ -83,3 +95,17 @@ def prepare_tokenizer(tokenizer: Tokenizer, dataset, samples: int = FIT_SAMPLES)
     if tokenizer.needs_fit:
         tokenizer.fit(dataset[: min(len(dataset), samples)]["data"])
     return tokenizer
+
+
+def cell_mask(known: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``known (B, *spatial)`` bool -> ``(B, prod(grid))``: for a tokenizer whose tokens are the cells
+    of ``grid`` over the spatial axes in raster order (each side a multiple of the grid's), whether
+    every value of each cell is known."""
+    batch, spatial = known.shape[0], known.shape[1:]
+    if len(spatial) != len(grid) or any(s % g for s, g in zip(spatial, grid)):
+        raise ValueError(f"a mask of spatial shape {tuple(spatial)} does not split into a {tuple(grid)} grid of cells")
+    split = [batch]
+    for side, cells in zip(spatial, grid):
+        split += [cells, side // cells]  # (B, g1, c1, g2, c2, ...): cell index, then place in the cell
+    cells = known.reshape(split)
+    return cells.all(dim=tuple(range(2, len(split), 2))).flatten(1)

@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 
 from carl.ranges import check_ranges
-from carl.tokenizers.base import Tokenizer
+from carl.tokenizers.base import Tokenizer, cell_mask
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,11 @@ class PatchTokenizer(Tokenizer):
 
     def _channel_view(self, stat: torch.Tensor) -> torch.Tensor:
         return stat.view(1, -1, 1, 1) if self.is_grid else stat.view(1, 1, -1)
+
+    def token_mask(self, known: torch.Tensor) -> torch.Tensor:
+        """A patch's token is known when every value of the patch is, in every channel."""
+        spatial = known.all(dim=1) if self.is_grid else known.all(dim=-1)  # (B, H, W) or (B, T)
+        return cell_mask(spatial, self.grid)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self._channel_view(self.mean)) / self._channel_view(self.std)

@@ -24,13 +24,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from carl.errors import CarlError, CheckpointError, RecipeError
-from carl.training.state_files import load_tree, rng_state, save_tree, set_rng_state
-
 from carl.layout import (
-    CHECKPOINTS, EMA_FILE, MANIFEST_FILE, OPTIMIZER_FILE, SCALER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
-    free_name, rng_file, step_name, step_of,
+    CHECKPOINTS,
+    EMA_FILE,
+    MANIFEST_FILE,
+    OPTIMIZER_FILE,
+    RECIPE_FILE,
+    SCALER_FILE,
+    SCHEDULER_FILE,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+    free_name,
+    rng_file,
+    step_name,
+    step_of,
 )
-
+from carl.training.state_files import load_tree, rng_state, save_tree, set_rng_state
 
 # -- layout ------------------------------------------------------------------------------------
 
@@ -60,6 +69,13 @@ def latest_checkpoint(output: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def saved_recipe(output: Path) -> Path | None:
+    """The recipe a run saved with its latest checkpoint (what ``--resume`` continues), or None."""
+    latest = latest_checkpoint(output)
+    path = latest / RECIPE_FILE if latest is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 # -- manifest ----------------------------------------------------------------------------------
 
 
@@ -74,6 +90,11 @@ def write_manifest(folder: Path, *, step: int, num_processes: int) -> None:
 
 def required_files(num_processes: int) -> list[str]:
     return [WEIGHTS_FILE, EMA_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE, *(rng_file(r) for r in range(num_processes))]
+
+
+# What trainer_state.json holds (and its type); the trainer adds more, which older checkpoints may lack.
+TRAINER_STATE_KEYS = {"step": int, "ema_updates": int, "num_processes": int, "accelerator_step": int,
+                      "skipped_nonfinite": int}
 
 
 def verify(folder: Path) -> str | None:
@@ -97,6 +118,22 @@ def verify(folder: Path) -> str | None:
             return f"{name} has {size} bytes, the manifest says {expected['bytes']}"
         if _sha256(path) != expected["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest"
+    return _trainer_state_fault(folder / TRAINER_STATE_FILE)
+
+
+def _trainer_state_fault(path: Path) -> str | None:
+    """Why ``trainer_state.json`` cannot be resumed from (a key missing or of the wrong type), or None."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(state, dict):
+        return f"{path.name} is not a JSON object"
+    for key, kind in TRAINER_STATE_KEYS.items():
+        if key not in state:
+            return f"{path.name} has no '{key}'"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"{path.name}: '{key}' is {state[key]!r}, not a whole number"
     return None
 
 
@@ -174,8 +211,11 @@ def load_training_state(folder: Path, *, model: torch.nn.Module, ema, optimizer,
         CheckpointError: naming the file that does not fit this run (other process count,
             other model) or cannot be read.
     """
+    fault = _trainer_state_fault(folder / TRAINER_STATE_FILE)
+    if fault is not None:
+        raise CheckpointError(f"cannot resume from {folder}: {fault}")
     state = json.loads((folder / TRAINER_STATE_FILE).read_text())
-    written_by = state.get("num_processes", 1)
+    written_by = state["num_processes"]
     if written_by != num_processes:
         raise CheckpointError(f"{folder} was written by {written_by} process(es); resume it with the same number, "
                               f"not {num_processes} (the data order and random states are per process)")

@@ -6,7 +6,7 @@
 - **TensorBoard** (through accelerate's tracker) writes one events folder per run,
   ``<output>/logs``: loss, learning rate, grad norm, samples/s, epoch, eval metrics, the sample
   grids as images, and the resolved recipe (as text and as hyperparameters) in the same events
-  file. A resumed run appends to the same folder and drops the steps it is about to redo.
+  file. A resumed run appends to the same folder and drops only the steps it is about to redo.
 - **The summary** at the end: steps, epochs, wall time, final loss, throughput, and what the
   output folder now holds.
 """
@@ -20,9 +20,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from carl.layout import CARD_FILE, CHECKPOINTS, CONFIG_FILE, LOGS, RECIPE_FILE, REQUIREMENTS_FILE, SAMPLES_DIR, SAMPLES_FILE, WEIGHTS_FILE, step_of
+from carl.layout import (
+    CARD_FILE,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    LOGS,
+    RECIPE_FILE,
+    REQUIREMENTS_FILE,
+    SAMPLES_DIR,
+    SAMPLES_FILE,
+    WEIGHTS_FILE,
+    step_of,
+)
 from carl.progress import duration, interactive, size
-
 
 
 @dataclass(frozen=True)
@@ -78,10 +88,12 @@ class TrainingLog:
     # -- TensorBoard -------------------------------------------------------------------------------
 
     def start_tracking(self, step: int, recipe_yaml: str, hparams: dict) -> None:
-        """Open ``<output>/logs`` (purging events past ``step`` on resume) and record the recipe."""
+        """Open ``<output>/logs`` and record the recipe. On resume from the checkpoint of ``step``, the
+        events logged after it (steps that will be trained again) are purged; those of ``step``
+        itself and before belong to the checkpointed run and stay."""
         if not self.tracking:
             return
-        kwargs = {"tensorboard": {"purge_step": step}} if step else {}
+        kwargs = {"tensorboard": {"purge_step": step + 1}} if step else {}
         # No `config=`: accelerate would store it with add_hparams, which opens a second,
         # timestamped events folder; the recipe goes into this run's own events file instead.
         self.accelerator.init_trackers(LOGS, init_kwargs=kwargs)
@@ -155,8 +167,10 @@ class TrainingLog:
 
     # -- the end ---------------------------------------------------------------------------------
 
-    def summary(self, *, step: int, epoch: float, final_loss: float | None, global_batch: int) -> list[str]:
-        """The closing lines: what was done, how fast, and the files the output folder holds."""
+    def summary(self, *, step: int, epoch: float, final_loss: float | None, global_batch: int,
+                folder: tuple[str, str] | None = None) -> list[str]:
+        """The closing lines: what was done, how fast, and the files the output folder holds;
+        ``folder``: what the output folder is and how to use it (default: a model folder)."""
         self.close()
         if not self.main:
             return []
@@ -170,20 +184,22 @@ class TrainingLog:
             head += f", {done * global_batch / seconds:.0f} samples/s"
         if final_loss is not None:
             head += f" | final loss {final_loss:.4f}"
-        lines = [head, f"carl: wrote {self.output}/", *("    " + line for line in files_written(self.output))]
+        lines = [head, f"carl: wrote {self.output}/", *("    " + line for line in files_written(self.output, folder))]
         for line in lines:
             self.write(line)
         return lines
 
 
-def files_written(output: Path) -> list[str]:
-    """One line per kind of file in a run's output folder (the model folder, grids, logs, checkpoints)."""
+def files_written(output: Path, folder: tuple[str, str] | None = None) -> list[str]:
+    """One line per kind of file in a run's output folder (the model or tokenizer folder, grids,
+    logs, checkpoints); ``folder``: what the folder is and how to use it."""
     lines = []
+    kind, use = folder or ("model folder", f"carl sample {output}")
     model = [p for p in (CONFIG_FILE, WEIGHTS_FILE, RECIPE_FILE, REQUIREMENTS_FILE, CARD_FILE) if (output / p).exists()]
     if model:
         weights = output / WEIGHTS_FILE
         shown = [f"{p} ({size(weights.stat().st_size)})" if p == WEIGHTS_FILE else p for p in model]
-        lines.append(f"{'model folder':14s} {', '.join(shown)}  (carl sample {output})")
+        lines.append(f"{kind:14s} {', '.join(shown)}  ({use})")
     grids = sorted((output / SAMPLES_DIR).glob("*.png"))
     if (output / SAMPLES_FILE).exists():
         lines.append(f"{SAMPLES_FILE:14s} the final sample grid; {SAMPLES_DIR}/step-*.png: {len(grids)} grid{'s' * (len(grids) != 1)}")

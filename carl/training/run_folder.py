@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carl.errors import CarlError, FolderInUse
-from carl.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, RUN_FILE, RUN_OUTPUTS, STATE_DIR, free_name
+from carl.layout import CHECKPOINTS, LOCK_FILE, RUN_FILE, RUN_OUTPUTS, STATE_DIR, free_name
 from carl.version import __version__
 
 
@@ -88,9 +88,9 @@ class RunFolder:
                         f"(or --resume), or choose another --output")
 
     def is_carl_run(self) -> bool:
-        """Created by carl: it has ``.carl/run.json``, or (runs from before it existed) checkpoints and a recipe."""
-        legacy = (self.path / CHECKPOINTS).is_dir() and (self.path / RECIPE_FILE).is_file()
-        return (self.state_dir / RUN_FILE).is_file() or legacy
+        """Whether carl created this folder: only carl's own marker ``.carl/run.json`` says so. A folder
+        that merely looks like a run (``checkpoints/``, ``recipe.yaml``) is the user's."""
+        return (self.state_dir / RUN_FILE).is_file()
 
     # -- the lock ----------------------------------------------------------------------------
 
@@ -102,11 +102,27 @@ class RunFolder:
         holder = read_lock(self.lock_path)
         if holder is None:
             return
-        if lock_is_stale(holder):
-            say(f"carl: taking over the lock of process {holder.get('pid')}, which is no longer running ({self.lock_path})")
-            self.lock_path.unlink(missing_ok=True)
+        if not lock_is_stale(holder):
+            raise FolderInUse(_in_use(self.path, self.lock_path, holder))
+        # Take the stale lock over atomically: only one process can rename it away. If what was
+        # renamed is not the lock read above (another run took it over in between), put it back.
+        aside = self.lock_path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}")
+        try:
+            os.rename(self.lock_path, aside)
+        except FileNotFoundError:  # another process took it over first: its fresh lock decides
+            holder = read_lock(self.lock_path)
+            if holder is not None:
+                raise FolderInUse(_in_use(self.path, self.lock_path, holder)) from None
             return
-        raise FolderInUse(_in_use(self.path, self.lock_path, holder))
+        taken = _read_json(aside) or {}
+        if taken != holder:
+            try:
+                os.link(aside, self.lock_path)
+            finally:
+                aside.unlink(missing_ok=True)
+            raise FolderInUse(_in_use(self.path, self.lock_path, taken))
+        aside.unlink(missing_ok=True)
+        say(f"carl: taking over the lock of process {holder.get('pid')}, which is no longer running ({self.lock_path})")
 
     def _take_lock(self, say: Callable[[str], None]) -> None:
         """Create the lock atomically with its content (write a private file, hard-link it into place)."""

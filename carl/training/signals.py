@@ -16,7 +16,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-from carl.errors import TrainingInterrupted  # noqa: F401 (re-exported)
+from carl.errors import StoppedAtOnce, TrainingInterrupted  # noqa: F401 (TrainingInterrupted: re-exported)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,7 +44,7 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum == signum:  # the same signal twice: stop now, without a checkpoint
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         if self.signum is None:
             self.signum = signum
             name = signal.Signals(signum).name

@@ -88,6 +88,8 @@ class Trainer:
         self.last_loss = None
         self.eval_every = max(1, round(every * self.steps_per_epoch)) if every else None
         self.job_figures: dict[str, str] = {}
+        self.finished = False  # whether job.finish() has run on the EMA weights
+        self.eval_figures: dict[str, str] = {}  # the latest evaluation's, for the card
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
         self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=train.mixed_precision != "fp16",
                                     device=self.accelerator.device)
@@ -129,6 +131,12 @@ class Trainer:
                                       **optimizer_options(self.accelerator.device))
         warmup = max(round(train.warmup_epochs * self.steps_per_epoch), train.warmup_steps)
         min_ratio = train.min_lr / lr if lr else 0.0
+        if warmup >= self.total_steps / 2:  # a short run of a long recipe: it would hardly train at its rate
+            self.accelerator.print(
+                f"carl: warning: the learning-rate warm-up ({warmup} steps: train.warmup_epochs {train.warmup_epochs:g}, "
+                f"train.warmup_steps {train.warmup_steps}) takes {min(warmup, self.total_steps)} of the run's "
+                f"{self.total_steps} steps{', so the rate never reaches its peak' if warmup >= self.total_steps else ''}; "
+                f"train longer or shorten the warm-up")
 
         def factor(step: int) -> float:
             return lr_factor(step, warmup=warmup, total=self.total_steps, schedule=train.lr_schedule, min_ratio=min_ratio)
@@ -160,6 +168,8 @@ class Trainer:
             scheduler=self.scheduler, scaler=acc.scaler, num_processes=acc.num_processes, rank=acc.process_index)
         acc.step = state["accelerator_step"]
         self.guard.skipped, self.guard.checked_step = state["skipped_nonfinite"], state["step"]
+        # A checkpoint taken after job.finish() (the last one) must not be finished twice.
+        self.finished, self.job_figures = bool(state.get("finished", False)), dict(state.get("job_figures", {}))
         acc.print(f"carl: resumed from {checkpoint} at step {state['step']}")
         return state["step"]
 
@@ -180,7 +190,7 @@ class Trainer:
         if acc.is_main_process:
             state = {"step": self.step, "ema_updates": int(self.ema.n_averaged), "epoch": self.step / self.steps_per_epoch,
                      "num_processes": acc.num_processes, "accelerator_step": acc.step,
-                     "skipped_nonfinite": self.guard.skipped}
+                     "skipped_nonfinite": self.guard.skipped, "finished": self.finished, "job_figures": self.job_figures}
             checkpoints.save_training_state(tmp, model=acc.unwrap_model(self.model), ema=self.ema, optimizer=self.optimizer,
                                             scheduler=self.scheduler, scaler=acc.scaler, trainer_state=state)
             (tmp / RECIPE_FILE).write_text(dump_recipe(self.cfg))
@@ -212,7 +222,7 @@ class Trainer:
             figures["training loss (last logged)"] = f"{self.last_loss:.4f}"
         if self.step < self.total_steps:  # a checkpoint during training, or an interrupted run
             figures["status"] = f"unfinished: step {self.step} of {self.total_steps} (continue with `carl train ... --resume`)"
-        return {**figures, **self.job_figures}
+        return {**figures, **self.eval_figures, **self.job_figures}
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -221,6 +231,8 @@ class Trainer:
         self.log.open(self.step)
         losses, norms, window_start, window_steps = [], [], time.perf_counter(), 0
         epoch, skip = divmod(self.step, self.steps_per_epoch)
+        if self.step < self.total_steps:
+            self.finished = False  # the EMA takes the model's buffers again: finish() is due at the new end
         while self.step < self.total_steps:
             self.loader.set_epoch(epoch)
             batches = acc.skip_first_batches(self.loader, skip * self.batching.accumulation) if skip else self.loader
@@ -259,8 +271,9 @@ class Trainer:
                     break
             epoch, skip = epoch + 1, 0
         self.log.close()
-        if self.accelerator.is_main_process:
-            self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)  # e.g. a tokenizer's normalisation
+        if not self.finished and self.accelerator.is_main_process:  # e.g. a tokenizer's normalisation, once
+            self.job_figures = self.job.finish(self.ema.module, self.loader.dataset)
+        self.finished = True
         last = latest_checkpoint(self.output)
         if last is None or last.name != step_name(self.step):
             self.save_checkpoint()  # exports before anything draws (a failing render loses nothing)
@@ -269,7 +282,7 @@ class Trainer:
         if self.sample_grid() is not None:  # main process, picturable data: the card shows the final picture
             self.job.refresh_card(self.ema.module, self.output, self._figures())
         self.log.summary(step=self.step, epoch=self.step / self.steps_per_epoch, final_loss=self.last_loss,
-                         global_batch=self.cfg.train.global_batch)
+                         global_batch=self.cfg.train.global_batch, folder=self.job.describe_output(self.output))
         return self.output
 
     def _end_step(self, norms: list[torch.Tensor]) -> bool:
@@ -304,6 +317,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             start = time.perf_counter()
             metrics = self.job.evaluate(self.ema.module)
+            self.eval_figures = {f"{k} (eval.metric, step {self.step})": f"{v:.4g}" for k, v in metrics.items()}
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             self.log.write(f"eval at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): {shown} "
                            f"[{time.perf_counter() - start:.1f}s]")

@@ -29,6 +29,19 @@ def tiny_model_config(order: str = "masked", score: dict | None = None, conditio
     )
 
 
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``carl ARGV`` in this process, as the ``carl`` program runs it: (exit code, stdout, stderr)."""
+    from carl.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def spy(monkeypatch, owner, name: str) -> list:
     """Record every call of ``owner.name`` (args, kwargs) and let it run."""
     calls, original = [], getattr(owner, name)

@@ -29,6 +29,7 @@ from carl.remote import resolve_folder
 from carl.testing import only_plugins
 
 from helpers import copy, message
+from carl.cli import main
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +405,7 @@ def test_from_pretrained_on_the_hub_checks_the_plugins_first(four_steps, tmp_pat
     folder = shutil.copytree(four_steps, tmp_path / "needs", ignore=shutil.ignore_patterns("checkpoints"))
     (folder / "carl.json").write_text(json.dumps({"plugins": {"audio": {"distribution": "carl-audio", "version": "1"}}}))
     serve(monkeypatch, folder)
-    with pytest.raises(carl.plugins.CarlError, match=r"^this model needs the carl plugin 'audio'"):
+    with pytest.raises(carl.errors.CarlError, match=r"^this model needs the carl plugin 'audio'"):
         ContinuousAR.from_pretrained("me/needs")
 
 
@@ -460,3 +461,48 @@ def test_carl_sample_refuses_in_one_line(folder, tmp_path_factory):
 def test_pickled_weights_are_not_read(folder):
     with pytest.raises(WeightsError, match="model.safetensors only"):
         ContinuousAR._load_as_pickle(ContinuousAR(load_recipe("tiny").model), str(folder / "pytorch_model.bin"), "cpu", False)
+
+
+@pytest.mark.parametrize("text, why", [("model: [unclosed", "ParserError"), ("a: 1\na: 2\n", "DuplicateKeyError"),
+                                       ("train: {lr: inf}\n", "")])
+def test_a_malformed_recipe_is_one_line_naming_the_file(four_steps, tmp_path, text, why, capsys):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(four_steps, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    (folder / "recipe.yaml").write_text(text)
+    with pytest.raises(CarlError, match=f"{folder / 'recipe.yaml'}.*{why}"):
+        open_model(folder)
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", str(folder), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_uncached_repo_offline_is_one_line(monkeypatch, tmp_path):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CarlError, match=r"^cannot load 'me/absent' from the Hub: it is not in the Hub cache, and "
+                                        r"HF_HUB_OFFLINE is set \(unset it to download\)$"):
+        ContinuousAR.from_pretrained("me/absent")
+
+
+def test_recorded_figures_travel_with_the_model(four_steps, tmp_path):
+    import json
+    import shutil
+
+    from carl.model.folder import record_results
+
+    folder = tmp_path / "m"
+    shutil.copytree(four_steps, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    before = json.loads((folder / "results.json").read_text())
+    record_results(folder, {"accuracy (1,000 samples, 32 steps)": 0.99})
+    record_results(folder, {"FD (1,000 samples, 32 steps)": 7.5, "accuracy (1,000 samples, 32 steps)": 0.985})
+    after = json.loads((folder / "results.json").read_text())
+    assert after == {**before, "accuracy (1,000 samples, 32 steps)": 0.985, "FD (1,000 samples, 32 steps)": 7.5}
+    assert "| FD (1,000 samples, 32 steps) | 7.5 |" in (folder / "README.md").read_text()
+    (folder / "results.json").write_text("[1, 2]")
+    with pytest.raises(CarlError, match="results.json is not a JSON object of figures"):
+        record_results(folder, {"x": 1})

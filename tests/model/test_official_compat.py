@@ -13,6 +13,7 @@ from helpers import tiny_model_config
 
 from carl.model import ContinuousAR
 from carl.orders.masked import MaskedOrder
+from carl.errors import FieldError
 from carl.scores.base import guidance_scale
 from carl.scores.diffusion import DiffusionScore, DiffusionScoreConfig, discretized_gaussian_log_likelihood, respaced_timesteps
 
@@ -102,8 +103,10 @@ def test_respaced_timesteps_equal_mars_space_timesteps_for_every_count():
 
 
 def test_the_respaced_schedule_uses_those_levels():
-    rule = DiffusionScore(DiffusionScoreConfig(sample_steps=1), hidden_dim=4, token_dim=2)
-    assert rule.sample_schedule.timesteps.tolist() == [0]
+    rule = DiffusionScore(DiffusionScoreConfig(sample_steps=7), hidden_dim=4, token_dim=2)
+    assert rule.sample_schedule.timesteps.tolist() == official_space_timesteps(1000, 7)
+    with pytest.raises(FieldError, match="sample_steps 1 is out of range; allowed: >= 2"):
+        DiffusionScoreConfig(sample_steps=1)  # one respaced level is no chain: MAR fails on it, carl refuses it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from carl.scores import DiffusionScore, DiffusionScoreConfig, Guidance
 from carl.scores.log_score import standard_normal
 
 from helpers.scores import TRUTHS, adaln_body_reference, linear, params_under, randomize, trained_like
+from carl.config import load_recipe
+from carl.errors import RecipeError
 
 HIDDEN = 4
 
@@ -482,3 +484,8 @@ def table_lookup_sample(rule, hidden, temperature, guidance, generator):
                 mean = mean + torch.exp(0.5 * log_var) * temperature * standard_normal(x.shape, x, generator)
             x = mean
     return x
+
+
+def test_one_diffusion_sampling_step_is_refused_when_the_recipe_is_read():
+    with pytest.raises(RecipeError, match=r"model.score.sample_steps: 1 is out of range; allowed: >= 2"):
+        load_recipe("tiny", ["model.score={name: diffusion, sample_steps: 1}"])

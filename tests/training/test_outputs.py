@@ -71,7 +71,7 @@ def test_each_checkpoint_holds_its_state_recipe_and_manifest(run):
         folder = out / "checkpoints" / f"step-{step:07d}"
         state = json.loads((folder / "trainer_state.json").read_text())
         assert state == {"step": step, "ema_updates": step, "epoch": step / 16, "num_processes": 1,
-                         "accelerator_step": step, "skipped_nonfinite": 0}
+                         "accelerator_step": step, "skipped_nonfinite": 0, "finished": False, "job_figures": {}}
         assert (folder / "recipe.yaml").read_text() == dump_recipe(cfg)
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["step"] == step and manifest["num_processes"] == 1

@@ -15,6 +15,7 @@ from carl.errors import TrainingInterrupted
 from carl.training.checkpoints import verify
 from carl.training.signals import StopOnSignal
 from carl.training.trainer import Trainer
+from carl.errors import StoppedAtOnce
 
 
 def test_sigint_checkpoints_at_the_step_boundary_and_the_folder_does_not_look_finished(tmp_path, monkeypatch):
@@ -62,3 +63,40 @@ def test_a_second_identical_signal_stops_at_once():
         os.kill(os.getpid(), signal.SIGINT)  # another signal (a launcher passing it on) does not abort
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_second_signal_stops_with_its_own_exit_code(signum, code, capsys, monkeypatch):
+    import carl.cli.program as program
+
+    with StopOnSignal():
+        os.kill(os.getpid(), signum)
+        with pytest.raises(StoppedAtOnce) as stopped:
+            os.kill(os.getpid(), signum)
+    assert stopped.value.exit_code == code and isinstance(stopped.value, KeyboardInterrupt)
+
+    def app(**kwargs):
+        raise StoppedAtOnce(signum)
+
+    monkeypatch.setattr(program, "app", app)
+    monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
+    with pytest.raises(SystemExit) as exit_:
+        program.main(["train", "tiny"])
+    assert exit_.value.code == code
+
+
+def test_an_interrupt_after_an_older_checkpoint_writes_one_at_the_interrupted_step(tmp_path, monkeypatch):
+    original = Trainer._before_step
+
+    def send_at_step_5(self):  # after the checkpoint of step 3, in the middle of step 6
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_before_step", send_at_step_5)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 6") as info:
+        train(load_recipe("tiny", ["train.max_steps=50", "train.checkpoint_every=3", "train.keep_checkpoints=5"]),
+              output=tmp_path, progress=False)
+    assert info.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    assert verify(tmp_path / "checkpoints" / "step-0000006") is None

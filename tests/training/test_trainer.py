@@ -109,3 +109,14 @@ def test_the_run_log_says_where_it_resumed_or_that_it_starts_afresh(tmp_path, ca
     carl.train(load_recipe("tiny", ["train.max_steps=4", "train.checkpoint_every=2"]), output=tmp_path / "fresh",
                progress=False, resume=True)
     assert f"carl: resumed from {tmp_path / 'fresh' / 'checkpoints' / 'step-0000002'} at step 2" in capsys.readouterr().out
+
+
+def test_a_run_within_its_warm_up_warns(tmp_path, capsys):
+    carl.train("tiny", ["train.max_steps=4", "train.warmup_steps=10", "train.tracker=none"], output=tmp_path / "a",
+               progress=False)
+    out = capsys.readouterr().out
+    assert ("carl: warning: the learning-rate warm-up (10 steps: train.warmup_epochs 0, train.warmup_steps 10) takes "
+            "4 of the run's 4 steps, so the rate never reaches its peak") in out
+    carl.train("tiny", ["train.max_steps=40", "train.warmup_steps=10", "train.tracker=none"], output=tmp_path / "b",
+               progress=False)
+    assert "warm-up" not in capsys.readouterr().out

@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from carl.config import RecipeConfig, TrainConfig
 from carl.data import DataSource
 from carl.errors import CarlError
-from carl.model import ContinuousAR
+from carl.model import ContinuousAR, open_model
 from carl.model.folder import write_model_folder_extras
 from carl.model.samples import save_sample_grid
 from carl.tokenizers.base import prepare_tokenizer
 from carl.training.cache import is_complete, load_cache
 from carl.training.checks import check_data_fits
 from carl.training.jobs.base import Job
+from carl.weights import load_strict
 
 
 def train_temperature(schedule: tuple[tuple[float, float], ...], epoch: float) -> float:
@@ -76,12 +78,29 @@ class ARJob(Job):
         model = ContinuousAR(self.cfg.model)
         check_data_fits(source, dataset, model.tokenizer, data=self.cfg.data.name, tokenizer_name=self.cfg.model.tokenizer.name)
         if resume:
-            return model  # the checkpoint holds the tokenizer state
+            return model  # the checkpoint holds every weight, the tokenizer's state included
+        if self.cfg.train.init_from is not None:
+            self._init_from(model, self.cfg.train.init_from)
+        elif self.cached_tokenizer is None:
+            prepare_tokenizer(model.tokenizer, dataset)
         if self.cached_tokenizer is not None:  # decode with exactly the state that encoded the cache
-            model.tokenizer.load_state_dict(self.cached_tokenizer)
-            return model
-        prepare_tokenizer(model.tokenizer, dataset)
+            self._use_cached_tokenizer(model)
         return model
+
+    @staticmethod
+    def _init_from(model: ContinuousAR, reference: str) -> None:
+        """Fine-tuning: every weight (the tokenizer's state included) from a trained model, strictly."""
+        pretrained = open_model(reference).model
+        load_strict(model, pretrained.state_dict(), source=f"train.init_from {reference}")
+
+    def _use_cached_tokenizer(self, model: ContinuousAR) -> None:
+        if self.cfg.train.init_from is not None:
+            state = model.tokenizer.state_dict()
+            if state.keys() != self.cached_tokenizer.keys() or any(
+                    not torch.equal(state[k], self.cached_tokenizer[k]) for k in state):
+                raise CarlError(f"the token cache {self.cfg.cache} was encoded by another tokenizer state than the one "
+                                f"train.init_from {self.cfg.train.init_from} holds: rebuild the cache with `carl cache`")
+        model.tokenizer.load_state_dict(self.cached_tokenizer)
 
     def param_groups(self, module: nn.Module, train: TrainConfig, lr: float) -> list[dict]:
         return param_groups(module, train, lr)

@@ -65,6 +65,10 @@ class Job(ABC):
         card, now with the final picture); default: export again."""
         self.export(module, folder, figures)
 
+    def describe_output(self, output: Path) -> tuple[str, str]:
+        """What the output folder becomes and how to use it, for the closing summary."""
+        return "model folder", f"carl sample {output}"
+
     def preview(self, module: nn.Module, source: DataSource, path: Path) -> Path | None:
         """Save a picture of what the EMA ``module`` does at ``path``; None if nothing is picturable."""
         return None

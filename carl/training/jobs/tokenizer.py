@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from carl.training.checks import check_data_fits
 from carl.config import ReconstructionConfig, TokenizerRecipeConfig, dump_recipe
 from carl.data import DataSource
-from carl.training.jobs.base import Job
 from carl.errors import CarlError
 from carl.layout import RECONSTRUCTIONS_FILE
 from carl.model.samples import tile
 from carl.tokenizers.base import Tokenizer
 from carl.tokenizers.normalize import normalize
 from carl.tokenizers.pretrained import reconstruct, save_tokenizer
+from carl.training.checks import check_data_fits
+from carl.training.jobs.base import Job
 
 
 def reconstruction_error(out: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -124,6 +124,10 @@ class TokenizerJob(Job):
 
     def refresh_card(self, module: AutoencoderObjective, folder: Path, figures: dict) -> None:
         self.export(module, folder, figures)  # small, and finish() changed the normalisation buffers
+
+    def describe_output(self, output: Path) -> tuple[str, str]:
+        return "tokenizer folder", (f"an AR recipe uses it as model.tokenizer: {{name: {self.cfg.tokenizer.name}, "
+                                    f"path: {output}}}; not a model for `carl sample`")
 
     def preview(self, module: AutoencoderObjective, source: DataSource, path: Path) -> Path | None:
         """Originals above their reconstructions, ``eval.preview_rows`` pairs of rows of 10."""

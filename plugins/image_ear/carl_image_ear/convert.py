@@ -27,6 +27,12 @@ from carl.weights import load_state_file, load_strict, resolve_weights
 OFFICIAL_SIZES = {"ear_base": (768, 12), "ear_large": (1024, 16), "ear_huge": (1280, 16),
                   "mar_base": (768, 12), "mar_large": (1024, 16), "mar_huge": (1280, 16)}
 HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
+# How each paper samples its checkpoints (the official READMEs' evaluation commands): EAR all sizes
+# 64 steps, CFG 3.0 linear, temperature 0.7; MAR 256 steps, temperature 1.0, CFG 2.9 / 3.0 / 3.2 for
+# B / L / H (by width). Other widths get the base settings.
+PAPER_SAMPLING = {"ear": {"num_steps": 64, "cfg": 3.0, "temperature": 0.7},
+                  "mar": {"num_steps": 256, "cfg": 2.9, "temperature": 1.0}}
+MAR_CFG_BY_WIDTH = {768: 2.9, 1024: 3.0, 1280: 3.2}
 DEFAULT_DATA = "data/imagenet"  # the official --data_path default (ImageNet: <path>/train/<class>/<image>)
 # official EAR name prefix -> carl name prefix (the rest of each key is the same)
 EAR_NAMES = [
@@ -85,11 +91,15 @@ def attention_heads(width: int, args: argparse.Namespace | None, heads: int | No
         WeightsError: the count cannot be known (an unofficial width and no ``--heads``), or the
             arguments contradict the weights.
     """
+    name = getattr(args, "model", None)
     if heads is not None:
         if heads < 1 or width % heads:
             raise WeightsError(f"--heads {heads} does not divide the checkpoint's width {width}")
+        official_width, official_heads = OFFICIAL_SIZES.get(name, (None, None))
+        if official_width == width and heads != official_heads:
+            raise WeightsError(f"--heads {heads} contradicts the checkpoint, whose args name model '{name}' "
+                               f"({official_heads} heads at width {width}); leave --heads out")
         return heads
-    name = getattr(args, "model", None)
     if name is not None:
         if name not in OFFICIAL_SIZES:
             raise WeightsError(f"the checkpoint's args name model '{name}', not an official size "
@@ -187,6 +197,14 @@ def train_section(kind: str, args: argparse.Namespace | None) -> dict:
     return section
 
 
+def paper_sampling(kind: str, width: int) -> dict:
+    """Steps, CFG and temperature with which the paper evaluates a checkpoint of this kind and width."""
+    settings = dict(PAPER_SAMPLING[kind])
+    if kind == "mar":
+        settings["cfg"] = MAR_CFG_BY_WIDTH.get(width, settings["cfg"])
+    return settings
+
+
 def official_recipe(kind: str, config: ModelConfig, args: argparse.Namespace | None, output: Path) -> RecipeConfig:
     """The recipe of a converted checkpoint: its model, its data (ImageNet at the official
     ``--data_path``), its training settings from its args, and the papers' sampling settings."""
@@ -195,8 +213,7 @@ def official_recipe(kind: str, config: ModelConfig, args: argparse.Namespace | N
         "data": {"name": "images", "source": getattr(args, "data_path", None) or DEFAULT_DATA, "split": "train",
                  "image_size": config.tokenizer.options.image_size, "channels": 3},
         "train": train_section(kind, args),
-        "sample": {"num_steps": 64, "cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.7 if kind == "ear" else 1.0,
-                   "rows": 4, "per_row": 8},
+        "sample": {**paper_sampling(kind, config.backbone.width), "cfg_schedule": "linear", "rows": 4, "per_row": 8},
         "output": str(output),
     })
 

@@ -40,6 +40,11 @@ class EvalSettings:
     def __post_init__(self) -> None:
         check_ranges(self)
 
+    def describe(self, reference: str) -> str:
+        """How figures were measured, for results.json and the card."""
+        return (f"carl eval: {self.num_images:,} images, {self.num_steps} steps, CFG {self.cfg:g} {self.cfg_schedule}, "
+                f"temperature {self.temperature:g}, seed {self.seed}, against {Path(str(reference)).name}")
+
 
 def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
     """``num_images`` labels, every class equally often (the first ones once more when it does not divide)."""

@@ -122,6 +122,14 @@ class ImageData(DataSource):
         array = np.asarray(image, dtype=np.float32) / 255.0
         return array[None] if array.ndim == 2 else rearrange(array, "h w c -> c h w")
 
+    def read(self, path: Path) -> torch.Tensor:
+        """An image file as one item ``(C, H, W)`` in [0, 1], centre-cropped and resized like the data."""
+        try:
+            with Image.open(path) as image:
+                return torch.from_numpy(self._prepare(image))
+        except OSError as exc:  # missing, unreadable, not an image
+            raise ValueError(f"cannot read the image {path}: {exc}") from exc
+
     def render(self, data: torch.Tensor) -> np.ndarray:
         pictures = (data.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (B, C, H, W)
         if pictures.shape[1] == 1:

@@ -19,7 +19,7 @@ from torch import nn
 
 from carl.errors import FieldError
 from carl.ranges import check_ranges
-from carl.tokenizers.base import Tokenizer
+from carl.tokenizers.base import Tokenizer, cell_mask
 from carl.weights import load_state_file, load_strict, resolve_weights
 
 GROUPS = 32  # of every GroupNorm
@@ -251,6 +251,10 @@ class KL16Tokenizer(Tokenizer):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device if generator is None else generator.device)
             latent = mean + torch.exp(0.5 * log_var) * noise.to(mean.device)
         return rearrange(latent * self.config.scale, "b c h w -> b (h w) c")
+
+    def token_mask(self, known: torch.Tensor) -> torch.Tensor:
+        """A token is known when its whole 16 x 16 block of pixels is (every channel)."""
+        return cell_mask(known.all(dim=1), (self.grid, self.grid))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.tokens_from_moments(self.moments(x), sample=self.config.sample_posterior and self.training)

@@ -95,8 +95,11 @@ def register_eval_command(app):
         inception_weights: Annotated[Optional[str], typer.Option("--inception-weights", help="Local Inception weights for offline use.")] = None,
         precision_recall: Annotated[bool, typer.Option("--prc", help="Also compute precision and recall.")] = False,
         out: Annotated[Path, typer.Option("--out", help="Folder for the grid and metrics.json.")] = Path("eval"),
+        record: Annotated[bool, typer.Option("--record/--no-record", help="Add the figures to the model folder's "
+                                             "results.json and card (a local model folder only).")] = True,
     ) -> None:
-        """Generate class-balanced images and report FID / IS (torch-fidelity)."""
+        """Generate class-balanced images and report FID / IS (torch-fidelity); the figures, with their
+        settings, go into the model folder's results.json and card."""
         import json
 
         from carl.model import load_model
@@ -114,3 +117,9 @@ def register_eval_command(app):
         metrics = fidelity_metrics(images, reference, inception_weights=inception_weights, precision_recall=precision_recall)
         (out / "metrics.json").write_text(json.dumps({"settings": settings.__dict__, **metrics}, indent=2))
         typer.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + f" | grid {grid}")
+        if record and Path(checkpoint).is_dir() and (Path(checkpoint) / "config.json").is_file():
+            from carl.model.folder import record_results
+
+            how = settings.describe(reference)
+            written = record_results(checkpoint, {f"{name} ({how})": round(value, 4) for name, value in metrics.items()})
+            typer.echo(f"recorded in {written} and the model card")

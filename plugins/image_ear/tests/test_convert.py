@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import reference_ear as ref
 from carl.cli import app
+from carl.errors import WeightsError
 from carl.model import load_model
 from carl.orders.base import Plan
 from carl.plugins import register_commands
@@ -534,12 +535,13 @@ def test_global_batch_and_lr_follow_the_official_scripts(kind, args, expected):
     assert section["micro_batch"] == args["batch_size"]
 
 
-def test_the_mar_recipe_samples_at_temperature_one(converted_mar):
-    """MAR samples at --temperature 1.0; EAR at its --infer_temperature 0.7 (the EAR recipes' setting)."""
+def test_the_mar_recipe_samples_with_the_mar_readme_s_settings(converted_mar):
+    """MAR samples at --temperature 1.0 with 256 steps (--num_iter) and the base CFG 2.9 at an
+    unofficial width; EAR at its --infer_temperature 0.7 and 64 steps (the EAR recipes' setting)."""
     _, _, recipe = converted_mar
     from carl.config import load_recipe
 
-    assert recipe.sample == dataclasses.replace(load_recipe("ear-b-in256").sample, temperature=1.0)
+    assert recipe.sample == dataclasses.replace(load_recipe("ear-b-in256").sample, temperature=1.0, num_steps=256, cfg=2.9)
 
 
 def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_error(tmp_path):
@@ -555,11 +557,27 @@ def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_
     assert not (tmp_path / "out").exists()
 
 
-def test_the_recipe_samples_at_each_paper_s_temperature(converted, tmp_path):
-    """EAR samples at temperature 0.7, MAR at 1.0, both with linear CFG 3.0 over 64 steps."""
-    from carl_image_ear.convert import official_recipe
+def test_the_recipe_samples_with_each_paper_s_settings(converted, tmp_path):
+    """EAR: 64 steps, linear CFG 3.0, temperature 0.7; MAR: 256 steps, temperature 1.0, linear CFG
+    2.9 / 3.0 / 3.2 for B / L / H (the official READMEs' evaluation commands)."""
+    from carl_image_ear.convert import official_recipe, paper_sampling
 
     model, _, _ = converted
-    for kind, temperature in (("ear", 0.7), ("mar", 1.0)):
-        sample = official_recipe(kind, model.config, None, tmp_path).sample
-        assert (sample.temperature, sample.cfg, sample.cfg_schedule, sample.num_steps) == (temperature, 3.0, "linear", 64)
+    ear = official_recipe("ear", model.config, None, tmp_path).sample
+    assert (ear.num_steps, ear.cfg, ear.cfg_schedule, ear.temperature) == (64, 3.0, "linear", 0.7)
+    mar = official_recipe("mar", model.config, None, tmp_path).sample
+    assert (mar.num_steps, mar.cfg_schedule, mar.temperature) == (256, "linear", 1.0)
+    assert [paper_sampling("mar", width)["cfg"] for width in (768, 1024, 1280)] == [2.9, 3.0, 3.2]
+    assert [paper_sampling("ear", width)["cfg"] for width in (768, 1024, 1280)] == [3.0, 3.0, 3.0]
+
+
+def test_heads_must_not_contradict_the_checkpoint_s_args():
+    from carl_image_ear.convert import attention_heads
+
+    args = argparse.Namespace(model="ear_huge")
+    assert attention_heads(1280, args) == 16 and attention_heads(1280, args, heads=16) == 16
+    with pytest.raises(WeightsError, match=r"--heads 20 contradicts the checkpoint, whose args name model 'ear_huge' "
+                                           r"\(16 heads at width 1280\); leave --heads out"):
+        attention_heads(1280, args, heads=20)
+    assert attention_heads(1280, argparse.Namespace(model="ear_base"), heads=20) == 20  # args disagree with the weights
+    assert attention_heads(96, None, heads=8) == 8  # an unofficial width: --heads decides

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import carl
 from carl.cli import app
 from carl.errors import CarlError
 from carl.plugins import register_commands
@@ -101,13 +102,24 @@ def test_eval_command_writes_grid_and_metrics(tiny_model, tmp_path, fake_fidelit
                                       "--batch-size", "10", "--steps", "2", "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "eval" / "grid.png").exists() and "fid" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    results = json.loads((tiny_model / "results.json").read_text())  # the figures travel with the model
+    sample = carl.open_model(tiny_model).sample
+    key = (f"fid (carl eval: 20 images, 2 steps, CFG {sample.cfg:g} {sample.cfg_schedule}, temperature "
+           f"{sample.temperature:g}, seed 0, against ref.npz)")
+    assert key in results and results[key] == round(json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"], 4)
+    assert key in (tiny_model / "README.md").read_text()
+    result = CliRunner().invoke(app, ["eval", str(tiny_model), "--reference", str(tmp_path / "ref.npz"), "--num", "20",
+                                      "--batch-size", "10", "--steps", "3", "--out", str(tmp_path / "eval2"), "--no-record"])
+    assert result.exit_code == 0 and not any("3 steps" in k for k in json.loads((tiny_model / "results.json").read_text()))
 
 
 def test_fid_during_training(tmp_path, fake_fidelity):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(6), sigma=np.eye(6))
-    overrides = [*TINY, "train.max_steps=4", "sample.num_steps=2", "eval.every_epochs=0.004",  # every 2 of 500 steps/epoch
+    overrides = [*TINY[1:], "train.max_steps=4", "sample.num_steps=2", "eval.every_epochs=0.004",  # every 2 of 500 steps/epoch
                  f"eval.metric={{name: fid, reference: {tmp_path / 'ref.npz'}, num_images: 20, batch_size: 10}}"]
     result = CliRunner().invoke(app, ["train", "mnist-ear", *overrides, "--output", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert result.output.count("eval at step") == 2 and "fid" in result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "fid (eval.metric, step 4)" in results  # the latest evaluation, in results.json and the card
     assert len(fake_fidelity.calls) == 2 and len(fake_fidelity.calls[0]["input1"]) == 20

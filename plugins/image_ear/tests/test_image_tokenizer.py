@@ -3,7 +3,6 @@ shipped mnist-ae tokenizer folder is what mnist-ear models."""
 
 import math
 
-import pytest
 import torch
 from PIL import Image
 
