@@ -89,9 +89,8 @@ KILLED = {"killed", "timeout"}
 # The driver: one scratch copy and one mutmut process per module
 
 
-def prepare(name: str, module: Module) -> Path:
-    """A fresh scratch copy with a ``[tool.mutmut]`` section for ``module``."""
-    scratch = SCRATCH / name
+def copy_sources(scratch: Path) -> Path:
+    """A fresh scratch copy of carl, the plugin packages (at its top) and the tests."""
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
@@ -100,6 +99,22 @@ def prepare(name: str, module: Module) -> Path:
         shutil.copytree(ROOT / source, scratch / package, ignore=ignore)
     for tests in TEST_DIRS:
         shutil.copytree(ROOT / tests, scratch / tests, ignore=ignore)
+    return scratch
+
+
+def scratch_env(scratch: Path) -> dict[str, str]:
+    """One thread, no plugins from entry points, temporary folders inside the scratch copy, and no
+    PYTHONPATH: the scratch copy's packages must shadow the installed ones."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (scratch / "tmp").mkdir(exist_ok=True)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="",
+               TMPDIR=str(scratch / "tmp"))
+    return env
+
+
+def prepare(name: str, module: Module) -> Path:
+    """A fresh scratch copy with a ``[tool.mutmut]`` section for ``module``."""
+    scratch = copy_sources(SCRATCH / name)
     section = "\n".join([
         "", "[tool.mutmut]",
         f"source_paths = {json.dumps(['carl', *PLUGINS])}",
@@ -120,10 +135,7 @@ def prepare(name: str, module: Module) -> Path:
 def run_module(name: str, jobs: int, sample: int | None, seed: int) -> dict:
     module = MODULES[name]
     scratch = prepare(name, module)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutants must shadow the sources
-    (scratch / "tmp").mkdir()
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="",
-               TMPDIR=str(scratch / "tmp"))  # the tests' temporary folders go with the scratch copy
+    env = scratch_env(scratch)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(jobs), str(sample or 0), str(seed)]
     start = time.perf_counter()
     log = scratch / "mutmut.log"
@@ -175,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--list", action="store_true", help="list the modules, their files and tests")
     parser.add_argument("--quiet", action="store_true", help="do not print the survivors' diffs")
+    parser.add_argument("--planted", action="store_true",
+                        help="run the hand-planted bugs of scripts/planted_bugs.py instead (names: modules or cases)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per planted bug (a timeout counts as caught)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the planted run's check that the tests pass")
     args = parser.parse_args(argv)
+    if args.planted:
+        planted_table(run_planted(args.modules, args.timeout, not args.no_baseline))
+        return 0
     if args.list:
         for name, module in MODULES.items():
             print(f"{name:9} {' '.join(module.files):52} <- {' '.join(module.tests)}")
@@ -201,6 +220,74 @@ def main(argv: list[str] | None = None) -> int:
     if any(r["sampled"] for r in rows):
         print("* a random sample of the module's mutants")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted bugs: realistic semantic bugs (scripts/planted_bugs.py), one patch at a time
+
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore",
+          "-o", "tmp_path_retention_policy=none"]
+
+
+def run_planted(selected: list[str], timeout: int, baseline: bool) -> list[dict]:
+    """Plant each selected bug (by module or case name; all by default) in one scratch copy, run
+    its module's tests, and restore the file. Caught: the tests fail (or time out); missed: they
+    pass. A case whose text is no longer in its file stops the run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from planted_bugs import PLANTED
+
+    cases = [c for c in PLANTED if not selected or c.module in selected or c.name in selected]
+    tests = {c.name: c.tests or MODULES[c.module].tests for c in cases}
+    scratch = copy_sources(SCRATCH / "planted")
+    shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    env, log = scratch_env(scratch), scratch / "planted.log"
+    for case in cases:
+        count = (scratch / case.file).read_text().count(case.old)
+        if count != 1:
+            raise SystemExit(f"planted bug '{case.name}': its text is found {count} times in {case.file} (once "
+                             f"expected); update the case in scripts/planted_bugs.py")
+    if baseline:  # the tests must pass before any bug is planted, or every case would look caught
+        union = list(dict.fromkeys(t for c in cases for t in tests[c.name]))
+        with log.open("a") as out:
+            if subprocess.call(PYTEST + union, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT):
+                raise SystemExit(f"the tests fail without any planted bug; log: {log}")
+    rows = []
+    for case in cases:
+        path = scratch / case.file
+        original = path.read_text()
+        path.write_text(original.replace(case.old, case.new))
+        start = time.perf_counter()
+        try:
+            with log.open("a") as out:
+                out.write(f"\n===== {case.name}\n")
+                out.flush()
+                code = subprocess.call(PYTEST + list(tests[case.name]), cwd=scratch, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, timeout=timeout)
+            status = {0: "missed", 1: "caught", 5: "no tests"}.get(code, f"caught (pytest exit {code})")
+        except subprocess.TimeoutExpired:
+            status = "caught (timeout)"
+        finally:
+            path.write_text(original)
+        rows.append({"name": case.name, "module": case.module, "status": status, "why": case.why,
+                     "seconds": time.perf_counter() - start})
+        print(f"planted: {case.name:40} {status:18} {rows[-1]['seconds']:6.1f} s  ({case.module})", flush=True)
+    shutil.rmtree(scratch / "tmp", ignore_errors=True)
+    (SCRATCH / "planted.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def planted_table(rows: list[dict]) -> None:
+    modules: dict[str, list[dict]] = {}
+    for r in rows:
+        modules.setdefault(r["module"], []).append(r)
+    print(f"\n{'module':12} {'planted':>8} {'caught':>7}")
+    for name, group in modules.items():
+        print(f"{name:12} {len(group):>8} {sum(r['status'].startswith('caught') for r in group):>7}")
+    caught = sum(r["status"].startswith("caught") for r in rows)
+    print(f"{'all':12} {len(rows):>8} {caught:>7}  ({100.0 * caught / max(1, len(rows)):.1f}%)")
+    for r in rows:
+        if not r["status"].startswith("caught"):
+            print(f"{r['status']}: {r['name']} ({r['module']}): {r['why']}")
 
 
 # ---------------------------------------------------------------------------------------------
