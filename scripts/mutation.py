@@ -53,7 +53,8 @@ class Module:
 # `carl tokenizer scale` trains a tokenizer first (the session's `tiny_ae` fixture): no module's
 # mutants need it, so the CLI's tests are run without it.
 CLI = ("tests/test_cli.py", "--deselect", "tests/test_cli.py::test_scale_command_measures_and_writes")
-MODEL_TESTS = ("tests/model/test_ar.py", "tests/model/test_generation.py", "tests/model/test_official_compat.py")
+MODEL_TESTS = ("tests/model/test_ar.py", "tests/model/test_generation.py", "tests/model/test_completion.py",
+               "tests/model/test_official_compat.py")
 FOLDER_TESTS = ("tests/model/test_folder.py", "tests/model/test_loading.py", "tests/model/test_card.py", "tests/test_remote.py",
                 "tests/test_api.py")
 MODULES: dict[str, Module] = {
@@ -61,7 +62,7 @@ MODULES: dict[str, Module] = {
     "orders": Module(("carl/orders/*",), ("tests/orders", *MODEL_TESTS)),
     "backbone": Module(("carl/model/backbone.py",), ("tests/model/test_backbone.py", *MODEL_TESTS)),
     "weights": Module(("carl/weights.py",), ("tests/test_weights.py", "tests/model/test_folder.py")),
-    "model": Module(("carl/model/ar.py", "carl/model/generation.py"),
+    "model": Module(("carl/model/ar.py", "carl/model/generation.py", "carl/model/completion.py"),
                     (*MODEL_TESTS, *FOLDER_TESTS, "plugins/image_ear/tests/test_convert.py")),
     "config": Module(("carl/config.py",), ("tests/test_config.py", *CLI)),
     "folder": Module(("carl/model/folder.py", "carl/model/loading.py"),
