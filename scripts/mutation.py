@@ -172,8 +172,14 @@ def score(name: str, result: dict, listed: dict[str, str]) -> dict:
         "equivalent": len(equivalent), "survived": len(counted) - killed,
         "score": 100.0 * killed / len(counted) if counted else 100.0,
         "survivors": {k: d for k, d in survivors.items() if k not in equivalent},
+        # listed as equivalent but killed, or its line no longer reads as listed: update the list
+        "stale": sorted(k for k in listed if k in statuses and k not in equivalent),
         "seconds": result["seconds"], "sampled": result["sampled"],
     }
+
+
+def statuses_word(key: str, row: dict) -> str:
+    return "survives with another line" if key in row["survivors"] else "killed"
 
 
 def added_lines(diff: str) -> list[str]:
@@ -211,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             for key, diff in row["survivors"].items():
                 print(f"\nsurvived: {key}\n{diff}")
+        for key in row["stale"]:
+            print(f"stale entry of {EQUIVALENT.name}: {key} ({statuses_word(key, row)})")
         print(f"mutation: {name}: {row['score']:.1f}% ({row['killed']} killed of {row['tested']}, "
               f"{row['equivalent']} equivalent, {row['seconds'] / 60:.1f} min)", flush=True)
     print(f"\n{'module':10} {'mutants':>8} {'killed':>7} {'survived':>9} {'equivalent':>11} {'score':>7} {'minutes':>8}")
