@@ -4,6 +4,7 @@ is filled far better than unconditional sampling fills it, and the causal order 
 import pytest
 import torch
 from helpers import tiny_model_config
+from helpers.models import randomized
 
 from carl.config import ModelConfig, from_dict
 from carl.model import ContinuousAR
@@ -148,3 +149,36 @@ def test_a_mask_may_be_one_for_the_batch_or_one_per_sample_of_any_integer_type()
     for mask in (known.expand(3, 8, 2), known.int(), known.tolist()):
         out = model.complete(data, mask, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1))
         assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("order", ["masked", "random"])
+def test_completion_passes_the_condition_and_every_setting_on(order, capfd):
+    model = randomized(tiny(order), scale=0.3)  # off the heads' constant init: the condition and settings show
+    data, known = half_known()
+    labels = torch.tensor([0, 1, 3])
+    settings = dict(num_steps=2, cfg=2.5, cfg_schedule="constant", temperature=0.5)
+    out = model.complete(data, known, labels, **settings, generator=torch.Generator().manual_seed(1))
+    tokens = model.complete_tokens(model.tokenizer.encode(data), known[:, 0].expand(3, 8), labels, **settings,
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, model.tokenizer.decode(tokens))
+    assert capfd.readouterr().err == ""  # no progress bar unless asked
+    changes = [{"num_steps": 4}] if order == "masked" else []  # the random order takes one token per step
+    changes += [{"cfg": 1.0}, {"cfg_schedule": "linear"}, {"temperature": 1.0}]
+    for changed in changes:
+        other = model.complete(data, known, labels, **{**settings, **changed}, generator=torch.Generator().manual_seed(1))
+        assert not torch.equal(other, out), changed
+    for other_labels, seed in ((torch.tensor([2, 2, 2]), 1), (labels, 2)):
+        other = model.complete(data, known, other_labels, **settings, generator=torch.Generator().manual_seed(seed))
+        assert not torch.equal(other, out), (other_labels, seed)
+
+
+def test_completion_draws_a_progress_bar_only_when_asked(monkeypatch):
+    from carl.model import completion
+
+    asked, bar = [], completion.bar
+    monkeypatch.setattr(completion, "bar", lambda *args, progress, **kw: asked.append(progress) or bar(*args, progress=False, **kw))
+    model = tiny("masked")
+    data, known = half_known()
+    model.complete(data, known, torch.arange(3), num_steps=2)
+    model.complete(data, known, torch.arange(3), num_steps=2, progress=True)
+    assert asked == [False, True]
