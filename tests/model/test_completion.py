@@ -176,9 +176,13 @@ def test_completion_draws_a_progress_bar_only_when_asked(monkeypatch):
     from carl.model import completion
 
     asked, bar = [], completion.bar
-    monkeypatch.setattr(completion, "bar", lambda *args, progress, **kw: asked.append(progress) or bar(*args, progress=False, **kw))
+    def spy(*args, progress, leave, **kw):
+        asked.append((progress, leave))
+        return bar(*args, progress=False, leave=leave, **kw)
+
+    monkeypatch.setattr(completion, "bar", spy)
     model = tiny("masked")
     data, known = half_known()
     model.complete(data, known, torch.arange(3), num_steps=2)
     model.complete(data, known, torch.arange(3), num_steps=2, progress=True)
-    assert asked == [False, True]
+    assert asked == [(False, False), (True, False)]  # and the bar goes away when the completion ends
