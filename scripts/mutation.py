@@ -259,7 +259,7 @@ def run_planted(selected: list[str], timeout: int, baseline: bool) -> list[dict]
             raise SystemExit(f"planted bug '{case.name}': its text is found {count} times in {case.file} (once "
                              f"expected); update the case in scripts/planted_bugs.py")
     if baseline:  # the tests must pass before any bug is planted, or every case would look caught
-        union = list(dict.fromkeys(t for c in cases for t in tests[c.name]))
+        union = union_of([tests[c.name] for c in cases])
         with log.open("a") as out:
             if subprocess.call(PYTEST + union, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT):
                 raise SystemExit(f"the tests fail without any planted bug; log: {log}")
@@ -286,6 +286,16 @@ def run_planted(selected: list[str], timeout: int, baseline: bool) -> list[dict]
     shutil.rmtree(scratch / "tmp", ignore_errors=True)
     (SCRATCH / "planted.json").write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def union_of(selections: list[tuple[str, ...]]) -> list[str]:
+    """One pytest selection running every test of ``selections`` (``--deselect X`` pairs kept whole)."""
+    paths, deselected = {}, {}
+    for args in selections:
+        items = iter(args)
+        for arg in items:
+            (deselected if arg == "--deselect" else paths)[next(items) if arg == "--deselect" else arg] = None
+    return [*paths, *(a for d in deselected for a in ("--deselect", d))]
 
 
 def planted_table(rows: list[dict]) -> None:

@@ -156,7 +156,7 @@ def test_completion_passes_the_condition_and_every_setting_on(order, capfd):
     model = randomized(tiny(order), scale=0.3)  # off the heads' constant init: the condition and settings show
     data, known = half_known()
     labels = torch.tensor([0, 1, 3])
-    settings = dict(num_steps=2, cfg=2.5, cfg_schedule="constant", temperature=0.5)
+    settings = {"num_steps": 2, "cfg": 2.5, "cfg_schedule": "constant", "temperature": 0.5}
     out = model.complete(data, known, labels, **settings, generator=torch.Generator().manual_seed(1))
     tokens = model.complete_tokens(model.tokenizer.encode(data), known[:, 0].expand(3, 8), labels, **settings,
                                    generator=torch.Generator().manual_seed(1))

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from carl.errors import CarlError
-from carl.scores import energy_score
 from carl_timeseries.forecast import forecast, scores
 from carl_timeseries.history import History, forecast_window
 from carl_timeseries.tokenizer import SeriesConfig, SeriesTokenizer
+
+from carl.errors import CarlError
+from carl.scores import energy_score
 
 
 class FlatFuture:
