@@ -47,31 +47,40 @@ MUTMUT_VERSION = "3.8.1"  # keep in step with the `mutation` extra of pyproject.
 @dataclass(frozen=True)
 class Module:
     files: tuple[str, ...]  # globs, relative to the scratch copy (plugin packages sit at its top)
-    tests: tuple[str, ...]  # the fast tests that exercise them
+    tests: tuple[str, ...]  # the fast tests that exercise them (pytest arguments: folders, files, test ids)
 
 
+# `carl tokenizer scale` trains a tokenizer first (the session's `tiny_ae` fixture): no module's
+# mutants need it, so the CLI's tests are run without it.
+CLI = ("tests/test_cli.py", "--deselect", "tests/test_cli.py::test_scale_command_measures_and_writes")
+# The completion test that trains three models (a minute) is left out: every completion mutant would
+# run it, and the other completion tests reach the same code.
+MODEL_TESTS = ("tests/model/test_ar.py", "tests/model/test_generation.py", "tests/model/test_completion.py",
+               "tests/model/test_official_compat.py",
+               "--deselect", "tests/model/test_completion.py::test_a_determined_half_is_completed_far_better_than_sampled")
+FOLDER_TESTS = ("tests/model/test_folder.py", "tests/model/test_loading.py", "tests/model/test_card.py", "tests/test_remote.py",
+                "tests/test_api.py")
 MODULES: dict[str, Module] = {
-    "scores": Module(("carl/scores/*",), ("tests/test_scores.py", "tests/test_energy.py", "tests/test_score_semantics.py",
-                                          "tests/test_model.py", "tests/test_official_compat.py")),
-    "orders": Module(("carl/orders/*",), ("tests/test_orders.py", "tests/test_model.py", "tests/test_guidance_direction.py",
-                                          "tests/test_official_compat.py")),
-    "backbone": Module(("carl/backbone.py",), ("tests/test_backbone.py", "tests/test_model.py",
-                                               "tests/test_guidance_direction.py", "tests/test_official_compat.py")),
-    "weights": Module(("carl/weights.py",), ("tests/test_weights.py", "tests/test_strict_loading.py")),
-    "model": Module(("carl/model.py",), ("tests/test_model.py", "tests/test_model_api.py", "tests/test_hub_folders.py",
-                                         "tests/test_generation_consistency.py", "plugins/image_ear/tests/test_convert.py",
-                                         "tests/test_guidance_direction.py", "tests/test_hub.py",
-                                         "tests/test_model_folder.py", "tests/test_strict_loading.py",
-                                         "tests/test_official_compat.py")),
-    "config": Module(("carl/config.py",), ("tests/test_config.py", "tests/test_cli.py")),
-    "hub": Module(("carl/hub.py",), ("tests/test_hub.py", "tests/test_hub_errors.py", "tests/test_hub_folders.py",
-                                     "tests/test_hub_publishing.py", "tests/test_model_folder.py", "tests/test_strict_loading.py",
-                                     "tests/test_cli.py")),
-    "train": Module(("carl/train.py",), ("tests/test_train_schedule.py", "tests/test_trainer_outputs.py", "tests/test_train.py",
-                                         "tests/test_checkpoints.py",
-                                         "tests/test_interruptions.py", "tests/test_run_folder.py", "tests/test_logs.py",
-                                         "tests/test_accel.py", "tests/test_data_checks.py", "tests/test_ranges.py",
-                                         "plugins/image_ear/tests/test_cache.py", "plugins/image_ear/tests/test_eval.py")),
+    "scores": Module(("carl/scores/*",), ("tests/scores", *MODEL_TESTS)),
+    "orders": Module(("carl/orders/*",), ("tests/orders", *MODEL_TESTS)),
+    "backbone": Module(("carl/model/backbone.py",), ("tests/model/test_backbone.py", *MODEL_TESTS)),
+    "weights": Module(("carl/weights.py",), ("tests/test_weights.py", "tests/model/test_folder.py")),
+    "model": Module(("carl/model/ar.py", "carl/model/generation.py", "carl/model/completion.py"),
+                    (*MODEL_TESTS, *FOLDER_TESTS, "plugins/image_ear/tests/test_convert.py")),
+    "config": Module(("carl/config.py",), ("tests/test_config.py", *CLI)),
+    "folder": Module(("carl/model/folder.py", "carl/model/loading.py"),
+                     (*FOLDER_TESTS, "tests/model/test_previous_version.py", "tests/model/test_ar.py", *CLI,
+                      "plugins/image_ear/tests/test_convert.py")),
+    "remote": Module(("carl/remote.py",), (*FOLDER_TESTS, *CLI)),
+    "api": Module(("carl/api.py",), ("tests/test_api.py", "tests/model/test_folder.py", "tests/training/test_run_folder.py", *CLI)),
+    "train": Module(("carl/training/trainer.py", "carl/training/schedule.py"),
+                    ("tests/training/test_schedule.py", "tests/training/test_outputs.py", "tests/training/test_trainer.py",
+                     "tests/training/test_checkpoints.py", "tests/training/test_state_files.py", "tests/training/test_signals.py",
+                     "tests/training/test_nonfinite.py", "tests/training/test_run_folder.py", "tests/training/test_logs.py",
+                     "tests/training/test_accel.py", "tests/training/test_checks.py", "tests/test_ranges.py",
+                     "tests/test_progress.py", "tests/test_data.py", "tests/test_cli.py::test_cli_errors_are_one_line",
+                     "tests/test_cli.py::test_the_command_line_passes_on_an_exit_code_typer_returns",
+                     "plugins/image_ear/tests/test_cache.py", "plugins/image_ear/tests/test_eval.py")),
     "convert": Module(("carl_image_ear/convert.py",), ("plugins/image_ear/tests/test_convert.py",)),
     "kl16": Module(("carl_image_ear/kl16.py",), ("plugins/image_ear/tests/test_kl16.py",)),
 }
@@ -84,9 +93,8 @@ KILLED = {"killed", "timeout"}
 # The driver: one scratch copy and one mutmut process per module
 
 
-def prepare(name: str, module: Module) -> Path:
-    """A fresh scratch copy with a ``[tool.mutmut]`` section for ``module``."""
-    scratch = SCRATCH / name
+def copy_sources(scratch: Path) -> Path:
+    """A fresh scratch copy of carl, the plugin packages (at its top) and the tests."""
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
@@ -95,6 +103,22 @@ def prepare(name: str, module: Module) -> Path:
         shutil.copytree(ROOT / source, scratch / package, ignore=ignore)
     for tests in TEST_DIRS:
         shutil.copytree(ROOT / tests, scratch / tests, ignore=ignore)
+    return scratch
+
+
+def scratch_env(scratch: Path) -> dict[str, str]:
+    """One thread, no plugins from entry points, temporary folders inside the scratch copy, and no
+    PYTHONPATH: the scratch copy's packages must shadow the installed ones."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (scratch / "tmp").mkdir(exist_ok=True)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="",
+               TMPDIR=str(scratch / "tmp"))
+    return env
+
+
+def prepare(name: str, module: Module) -> Path:
+    """A fresh scratch copy with a ``[tool.mutmut]`` section for ``module``."""
+    scratch = copy_sources(SCRATCH / name)
     section = "\n".join([
         "", "[tool.mutmut]",
         f"source_paths = {json.dumps(['carl', *PLUGINS])}",
@@ -115,10 +139,7 @@ def prepare(name: str, module: Module) -> Path:
 def run_module(name: str, jobs: int, sample: int | None, seed: int) -> dict:
     module = MODULES[name]
     scratch = prepare(name, module)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutants must shadow the sources
-    (scratch / "tmp").mkdir()
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", CARL_PLUGINS="",
-               TMPDIR=str(scratch / "tmp"))  # the tests' temporary folders go with the scratch copy
+    env = scratch_env(scratch)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(jobs), str(sample or 0), str(seed)]
     start = time.perf_counter()
     log = scratch / "mutmut.log"
@@ -154,8 +175,14 @@ def score(name: str, result: dict, listed: dict[str, str]) -> dict:
         "equivalent": len(equivalent), "survived": len(counted) - killed,
         "score": 100.0 * killed / len(counted) if counted else 100.0,
         "survivors": {k: d for k, d in survivors.items() if k not in equivalent},
+        # listed as equivalent but killed, or its line no longer reads as listed: update the list
+        "stale": sorted(k for k in listed if k in statuses and k not in equivalent),
         "seconds": result["seconds"], "sampled": result["sampled"],
     }
+
+
+def statuses_word(key: str, row: dict) -> str:
+    return "survives with another line" if key in row["survivors"] else "killed"
 
 
 def added_lines(diff: str) -> list[str]:
@@ -170,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--list", action="store_true", help="list the modules, their files and tests")
     parser.add_argument("--quiet", action="store_true", help="do not print the survivors' diffs")
+    parser.add_argument("--planted", action="store_true",
+                        help="run the hand-planted bugs of scripts/planted_bugs.py instead (names: modules or cases)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per planted bug (a timeout counts as caught)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the planted run's check that the tests pass")
     args = parser.parse_args(argv)
+    if args.planted:
+        planted_table(run_planted(args.modules, args.timeout, not args.no_baseline))
+        return 0
     if args.list:
         for name, module in MODULES.items():
-            print(f"{name:9} {' '.join(module.files):32} <- {' '.join(module.tests)}")
+            print(f"{name:9} {' '.join(module.files):52} <- {' '.join(module.tests)}")
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -186,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             for key, diff in row["survivors"].items():
                 print(f"\nsurvived: {key}\n{diff}")
+        for key in row["stale"]:
+            print(f"stale entry of {EQUIVALENT.name}: {key} ({statuses_word(key, row)})")
         print(f"mutation: {name}: {row['score']:.1f}% ({row['killed']} killed of {row['tested']}, "
               f"{row['equivalent']} equivalent, {row['seconds'] / 60:.1f} min)", flush=True)
     print(f"\n{'module':10} {'mutants':>8} {'killed':>7} {'survived':>9} {'equivalent':>11} {'score':>7} {'minutes':>8}")
@@ -196,6 +232,84 @@ def main(argv: list[str] | None = None) -> int:
     if any(r["sampled"] for r in rows):
         print("* a random sample of the module's mutants")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted bugs: realistic semantic bugs (scripts/planted_bugs.py), one patch at a time
+
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore",
+          "-o", "tmp_path_retention_policy=none"]
+
+
+def run_planted(selected: list[str], timeout: int, baseline: bool) -> list[dict]:
+    """Plant each selected bug (by module or case name; all by default) in one scratch copy, run
+    its module's tests, and restore the file. Caught: the tests fail (or time out); missed: they
+    pass. A case whose text is no longer in its file stops the run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from planted_bugs import PLANTED
+
+    cases = [c for c in PLANTED if not selected or c.module in selected or c.name in selected]
+    tests = {c.name: c.tests or MODULES[c.module].tests for c in cases}
+    scratch = copy_sources(SCRATCH / "planted")
+    shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    env, log = scratch_env(scratch), scratch / "planted.log"
+    for case in cases:
+        count = (scratch / case.file).read_text().count(case.old)
+        if count != 1:
+            raise SystemExit(f"planted bug '{case.name}': its text is found {count} times in {case.file} (once "
+                             f"expected); update the case in scripts/planted_bugs.py")
+    if baseline:  # the tests must pass before any bug is planted, or every case would look caught
+        union = union_of([tests[c.name] for c in cases])
+        with log.open("a") as out:
+            if subprocess.call(PYTEST + union, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT):
+                raise SystemExit(f"the tests fail without any planted bug; log: {log}")
+    rows = []
+    for case in cases:
+        path = scratch / case.file
+        original = path.read_text()
+        path.write_text(original.replace(case.old, case.new))
+        start = time.perf_counter()
+        try:
+            with log.open("a") as out:
+                out.write(f"\n===== {case.name}\n")
+                out.flush()
+                code = subprocess.call(PYTEST + list(tests[case.name]), cwd=scratch, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, timeout=timeout)
+            status = {0: "missed", 1: "caught", 5: "no tests"}.get(code, f"caught (pytest exit {code})")
+        except subprocess.TimeoutExpired:
+            status = "caught (timeout)"
+        finally:
+            path.write_text(original)
+        rows.append({"name": case.name, "module": case.module, "status": status, "why": case.why,
+                     "seconds": time.perf_counter() - start})
+        print(f"planted: {case.name:40} {status:18} {rows[-1]['seconds']:6.1f} s  ({case.module})", flush=True)
+    shutil.rmtree(scratch / "tmp", ignore_errors=True)
+    (SCRATCH / "planted.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def union_of(selections: list[tuple[str, ...]]) -> list[str]:
+    """One pytest selection running every test of ``selections`` (``--deselect X`` pairs kept whole)."""
+    paths, deselected = {}, {}
+    for args in selections:
+        items = iter(args)
+        for arg in items:
+            (deselected if arg == "--deselect" else paths)[next(items) if arg == "--deselect" else arg] = None
+    return [*paths, *(a for d in deselected for a in ("--deselect", d))]
+
+
+def planted_table(rows: list[dict]) -> None:
+    modules: dict[str, list[dict]] = {}
+    for r in rows:
+        modules.setdefault(r["module"], []).append(r)
+    print(f"\n{'module':12} {'planted':>8} {'caught':>7}")
+    for name, group in modules.items():
+        print(f"{name:12} {len(group):>8} {sum(r['status'].startswith('caught') for r in group):>7}")
+    caught = sum(r["status"].startswith("caught") for r in rows)
+    print(f"{'all':12} {len(rows):>8} {caught:>7}  ({100.0 * caught / max(1, len(rows)):.1f}%)")
+    for r in rows:
+        if not r["status"].startswith("caught"):
+            print(f"{r['status']}: {r['name']} ({r['module']}): {r['why']}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -453,6 +453,13 @@ def test_a_component_swapped_by_name_starts_from_its_defaults(overrides):
     assert cfg.model.score.options.width == 256  # the gaussian head's default, not tiny's energy width 32
 
 
+def test_a_swap_by_name_comes_first_whatever_the_keys_spell():
+    # `depth` sorts before `name`: an override applied in alphabetical order would be lost in the swap
+    cfg = load_recipe("tiny", ["model.score.depth=3", "model.score.max_std=5.0", "model.score.name=gaussian"])
+    assert cfg.model.score.name == "gaussian"
+    assert cfg.model.score.options.depth == 3 and cfg.model.score.options.max_std == 5.0
+
+
 def test_the_same_name_keeps_the_component_s_options():
     cfg = load_recipe("tiny", ["model.score.name=energy", "model.score.alpha=1.5"])
     assert cfg.model.score.options.width == 32 and cfg.model.score.options.alpha == 1.5

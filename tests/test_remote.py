@@ -135,3 +135,38 @@ def test_a_revision_reaches_the_hub_download(six_steps, monkeypatch):
     model, recipe = load_model("me/tiny", "v3")
     assert recipe == open_model(six_steps).recipe and isinstance(model, ContinuousAR)
     assert calls == [("me/tiny", "v1"), ("me/tiny", "v2"), ("me/tiny", "v3")]
+
+
+class RecordingApi:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, folder_path, repo_id, commit_message):
+        self.calls.append(("upload_folder", folder_path, repo_id, commit_message))
+        return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+
+def test_an_upload_is_public_with_carl_s_message_unless_told_otherwise(tmp_path):
+    api = RecordingApi()
+    assert remote.upload_folder(tmp_path, "me/tiny", api=api) == "https://huggingface.co/me/tiny/commit/1"
+    assert api.calls == [("create_repo", "me/tiny", False, True), ("upload_folder", str(tmp_path), "me/tiny", "Upload carl model")]
+    api = RecordingApi()
+    remote.upload_folder(tmp_path, "me/tiny", api=api, private=True, commit_message="v2")
+    assert api.calls == [("create_repo", "me/tiny", True, True), ("upload_folder", str(tmp_path), "me/tiny", "v2")]
+
+
+def test_an_upload_to_what_is_no_repo_id_is_refused_before_any_hub_call(tmp_path):
+    api = RecordingApi()
+    with pytest.raises(CarlError, match=r"^'me/not a repo' is not a Hub repo id \(user/name\)"):
+        remote.upload_folder(tmp_path, "me/not a repo", api=api)
+    assert api.calls == []
+
+
+def test_a_network_failure_anywhere_in_the_chain_is_a_hub_error():
+    assert remote.is_hub_error(http_error(500, "server"))
+    assert remote.is_hub_error(chained(socket.gaierror("no name"), 3))
+    assert remote.is_hub_error(httpx2.ConnectError("refused"))
+    assert not remote.is_hub_error(chained(ValueError("a bug"), 3))

@@ -7,7 +7,7 @@ from torch import nn
 
 import carl.weights
 from carl.errors import WeightsError
-from carl.weights import load_state_file, load_strict, resolve_weights
+from carl.weights import first_nonfinite, load_state_file, load_strict, resolve_weights
 
 
 @pytest.fixture
@@ -122,3 +122,16 @@ def test_strict_loading_marks_only_lists_longer_than_four(count, ellipsis):
     with pytest.raises(WeightsError) as err:
         load_strict(module, {}, "empty")
     assert str(err.value).endswith(" ...") == ellipsis and f"{count} missing: p0, p1, p2, p3" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_first_nonfinite_weight_or_buffer_is_named(bad):
+    module = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    module[1].num_batches_tracked += 1  # an integer buffer is never non-finite
+    assert first_nonfinite(module) is None
+    with torch.no_grad():
+        module[1].running_var[1] = bad  # a buffer, not a parameter: a normalisation statistic
+    assert first_nonfinite(module) == "1.running_var"
+    with torch.no_grad():
+        module[0].weight[0, 1] = bad
+    assert first_nonfinite(module) == "0.weight"  # the first in state-dict order

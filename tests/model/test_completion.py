@@ -4,6 +4,7 @@ is filled far better than unconditional sampling fills it, and the causal order 
 import pytest
 import torch
 from helpers import tiny_model_config
+from helpers.models import randomized
 
 from carl.config import ModelConfig, from_dict
 from carl.model import ContinuousAR
@@ -97,3 +98,91 @@ def test_a_determined_half_is_completed_far_better_than_sampled(order):
     completed_error = (completed[:, 4:] - truth[:, 4:]).square().mean()
     sampled_error = (sampled[:, 4:] - truth[:, 4:]).square().mean()
     assert completed_error < 0.25 * sampled_error, (completed_error, sampled_error)
+
+
+def half_known(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.randn(batch, 8, 2, generator=torch.Generator().manual_seed(5))
+    known = torch.zeros(8, 2, dtype=torch.bool)
+    known[::2] = True  # every other token: a set only the masked and random orders complete
+    return data, known
+
+
+@pytest.mark.parametrize("order", ["masked", "random"])
+def test_completion_samples_in_eval_mode_and_gives_the_mode_back(order):
+    torch.manual_seed(0)
+    model = ContinuousAR(tiny_model_config(order=order, dropout=0.5, attn_dropout=0.5))  # dropout would show
+    data, known = half_known()
+    model.eval()
+    expected = model.complete(data, known, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1))
+    assert not model.training
+    model.train()
+    again = model.complete(data, known, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1))
+    assert model.training and model.tokenizer.training  # given back as it was
+    assert torch.equal(again, expected)
+    tokens = model.complete_tokens(model.tokenizer.encode(data), known[:, 0].expand(3, 8), torch.arange(3), num_steps=3,
+                                   generator=torch.Generator().manual_seed(1))
+    assert model.training and torch.equal(tokens, model.tokenizer.encode(expected))
+
+
+def test_completion_returns_tokens_and_puts_the_known_values_back_only_when_asked():
+    model = tiny("masked")
+    data, known = half_known()
+
+    def run(**kwargs):
+        return model.complete(data, known, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1), **kwargs)
+
+    tokens = run(return_tokens=True)
+    assert tokens.shape == (3, 8, 2) and torch.equal(tokens[:, ::2], model.tokenizer.encode(data)[:, ::2])
+    torch.testing.assert_close(run(), model.tokenizer.decode(tokens))  # an exact tokenizer: nothing to put back
+    # a tokenizer that reconstructs only approximately: the known values come back from the data
+    decode = model.tokenizer.decode
+    model.tokenizer.decode = lambda t: decode(t) + 1.0
+    kept, raw = run(), run(keep_known=False)
+    assert torch.equal(kept[:, known], data[:, known]) and torch.equal(kept[:, ~known], raw[:, ~known])
+    torch.testing.assert_close(raw, decode(tokens) + 1.0)
+
+
+def test_a_mask_may_be_one_for_the_batch_or_one_per_sample_of_any_integer_type():
+    model = tiny("masked")
+    data, known = half_known()
+    expected = model.complete(data, known, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1))
+    for mask in (known.expand(3, 8, 2), known.int(), known.tolist()):
+        out = model.complete(data, mask, torch.arange(3), num_steps=3, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("order", ["masked", "random"])
+def test_completion_passes_the_condition_and_every_setting_on(order, capfd):
+    model = randomized(tiny(order), scale=0.3)  # off the heads' constant init: the condition and settings show
+    data, known = half_known()
+    labels = torch.tensor([0, 1, 3])
+    settings = {"num_steps": 2, "cfg": 2.5, "cfg_schedule": "constant", "temperature": 0.5}
+    out = model.complete(data, known, labels, **settings, generator=torch.Generator().manual_seed(1))
+    tokens = model.complete_tokens(model.tokenizer.encode(data), known[:, 0].expand(3, 8), labels, **settings,
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, model.tokenizer.decode(tokens))
+    assert capfd.readouterr().err == ""  # no progress bar unless asked
+    changes = [{"num_steps": 4}] if order == "masked" else []  # the random order takes one token per step
+    changes += [{"cfg": 1.0}, {"cfg_schedule": "linear"}, {"temperature": 1.0}]
+    for changed in changes:
+        other = model.complete(data, known, labels, **{**settings, **changed}, generator=torch.Generator().manual_seed(1))
+        assert not torch.equal(other, out), changed
+    for other_labels, seed in ((torch.tensor([2, 2, 2]), 1), (labels, 2)):
+        other = model.complete(data, known, other_labels, **settings, generator=torch.Generator().manual_seed(seed))
+        assert not torch.equal(other, out), (other_labels, seed)
+
+
+def test_completion_draws_a_progress_bar_only_when_asked(monkeypatch):
+    from carl.model import completion
+
+    asked, bar = [], completion.bar
+    def spy(*args, progress, leave, **kw):
+        asked.append((progress, leave))
+        return bar(*args, progress=False, leave=leave, **kw)
+
+    monkeypatch.setattr(completion, "bar", spy)
+    model = tiny("masked")
+    data, known = half_known()
+    model.complete(data, known, torch.arange(3), num_steps=2)
+    model.complete(data, known, torch.arange(3), num_steps=2, progress=True)
+    assert asked == [(False, False), (True, False)]  # and the bar goes away when the completion ends

@@ -131,6 +131,14 @@ def test_pruning_with_keep_2_over_four_checkpoints_keeps_the_two_newest(tmp_path
     assert (tmp_path / "checkpoints" / "step-0000015.tmp").exists()
 
 
+def test_the_latest_checkpoint_is_the_one_of_the_highest_step(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for name in ("step-0000010", "step-0000009", "step-0000100", "step-0000200.tmp", "step-0000300.damaged", "notes"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    # by step, not by name or by age; an unfinished or a damaged one is no checkpoint
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-0000100"
+
+
 def two_process_checkpoint(folder):
     """A checkpoint written by 2 processes: every file, rank 1's RNG state included."""
     folder.mkdir(parents=True)

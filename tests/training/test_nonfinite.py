@@ -81,3 +81,12 @@ def test_without_check_grads_a_non_finite_gradient_norm_passes_and_a_non_finite_
     lenient.end_step(2, torch.tensor(1.0))
     with pytest.raises(NonFiniteError, match="NaN or infinite at step 2;"):
         lenient.check(2, "no checkpoint was written yet")
+
+
+def test_a_full_precision_trainer_checks_its_gradients(tmp_path):
+    trainer = Trainer(load_recipe("tiny", ["train.max_steps=4"]), output=tmp_path, progress=False)
+    trainer.setup()
+    try:
+        assert trainer.guard.check_grads  # full precision: a non-finite gradient norm is a non-finite step
+    finally:
+        trainer.cleanup()

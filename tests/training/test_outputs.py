@@ -84,3 +84,8 @@ def test_sample_grids_at_every_sample_every_steps_and_at_the_end(run):
                                                                     "step-0000008.png"]
     assert (out / "samples.png").read_bytes() == (out / "samples" / "step-0000008.png").read_bytes()
     assert run.images == [("samples", out / "samples" / f"step-{step:07d}.png", step) for step in (3, 6, 8)]
+
+
+def test_a_finished_run_records_its_status_step_and_total_in_its_run_file(six_steps):
+    record = json.loads((six_steps / ".carl" / "run.json").read_text())
+    assert (record["status"], record["step"], record["total_steps"]) == ("finished", 6, 6)

@@ -120,3 +120,8 @@ def test_a_run_within_its_warm_up_warns(tmp_path, capsys):
     carl.train("tiny", ["train.max_steps=40", "train.warmup_steps=10", "train.tracker=none"], output=tmp_path / "b",
                progress=False)
     assert "warm-up" not in capsys.readouterr().out
+    carl.train("tiny", ["train.max_steps=4", "train.warmup_steps=2", "train.tracker=none"], output=tmp_path / "c",
+               progress=False)  # half the run: it warns, and the rate does reach its peak
+    out = capsys.readouterr().out
+    assert "warm-up (2 steps: train.warmup_epochs 0, train.warmup_steps 2) takes 2 of the run's 4 steps" in out
+    assert "never reaches its peak" not in out
