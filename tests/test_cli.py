@@ -161,3 +161,21 @@ def test_scale_command_measures_and_writes(tiny_ae, tmp_path):
     fixed = load_tokenizer(folder)
     x = ToySequences(ToyConfig(num_samples=512)).dataset()[:512]["data"]
     assert abs(float(fixed.train().encode(x).std()) - 1) < 0.1
+
+
+@pytest.mark.parametrize("error, line", [
+    (ValueError("a bad value\nwith a second line"), "error: a bad value ..."),
+    (RuntimeError("boom"), "error: RuntimeError: boom (an unexpected error; --debug shows the traceback)"),
+    (KeyError("x"), "error: KeyError: 'x' (an unexpected error; --debug shows the traceback)"),
+])
+def test_any_error_is_one_line_and_debug_shows_the_traceback(error, line, capsys, monkeypatch):
+    import carl.cli.program as program
+
+    def app(**kwargs):
+        raise error
+
+    monkeypatch.setattr(program, "app", app)
+    monkeypatch.setattr("carl.plugins.register_commands", lambda app: None)
+    assert run(["recipes", "list"], capsys) == (1, "", line + "\n")
+    with pytest.raises(type(error)):
+        program.main(["--debug", "recipes", "list"])

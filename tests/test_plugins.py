@@ -292,3 +292,20 @@ def test_a_failure_is_said_once_per_process(monkeypatch):
     assert [str(w.message) for w in caught] == [
         "carl plugin 'broken' (broken.plugin) failed to load: ImportError: no (see `carl plugins`)"]
     assert info.error == again.error == "ImportError: no"
+
+
+def test_an_empty_carl_plugins_loads_the_built_ins_only(monkeypatch):
+    from carl.plugins import load_plugins, plugin_infos, registry
+
+    monkeypatch.setenv("CARL_PLUGINS", "")
+    try:
+        load_plugins(force=True)
+        assert {i.name for i in plugin_infos()} == {"carl.tokenizers", "carl.orders", "carl.scores", "carl.conditioners",
+                                                      "carl.data", "carl.metrics", "carl.recipes"}
+        assert "kl16" not in registry("tokenizers") and "patch" in registry("tokenizers")
+        monkeypatch.delenv("CARL_PLUGINS")  # unset: every installed plugin (the image plugin is, in this suite)
+        load_plugins(force=True)
+        assert "kl16" in registry("tokenizers")
+    finally:
+        monkeypatch.undo()
+        load_plugins(force=True)

@@ -67,17 +67,29 @@ def _run(args: list[str], debug: bool) -> None:
     except typer.Abort:
         typer.echo("Aborted!", err=True)
         sys.exit(1)
-    except (CarlError, ValueError, FileNotFoundError, OSError) as exc:
+    except (CarlError, ValueError, FileNotFoundError, OSError) as exc:  # what a user can fix
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))  # an interrupted run: 128 + the signal
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a stop signal given twice (130 / 143)
         typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(getattr(exc, "exit_code", 130))
+    except Exception as exc:  # a bug, carl's or a plugin's: still one line, the traceback on request
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (an unexpected error; --debug shows the traceback)",
+                   err=True)
+        sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(code) returns it outside standalone mode (Ctrl-C: 130)
         if code == 130:
             typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (a library's may run over several)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else type(exc).__name__

@@ -119,3 +119,45 @@ def test_pruning_keeps_the_newest(tmp_path):
     with pytest.raises(Exception, match="keep_checkpoints: must be at least 1"):
         prune(tmp_path, 0, folders[-1])
     assert folders[-1].exists()
+
+
+def test_pruning_with_keep_2_over_four_checkpoints_keeps_the_two_newest(tmp_path):
+    folders = [tmp_path / "checkpoints" / f"step-{s:07d}" for s in (3, 6, 9, 12)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-0000015.tmp").mkdir()  # an unfinished write is no checkpoint
+    assert prune(tmp_path, 2, folders[-1]) == folders[:2]
+    assert [p.exists() for p in folders] == [False, False, True, True]
+    assert (tmp_path / "checkpoints" / "step-0000015.tmp").exists()
+
+
+def two_process_checkpoint(folder):
+    """A checkpoint written by 2 processes: every file, rank 1's RNG state included."""
+    folder.mkdir(parents=True)
+    for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "scheduler.safetensors",
+                 "rng-0.safetensors", "rng-1.safetensors"]:
+        save_tree(folder / name, {"x": torch.arange(4.0)})
+    (folder / "trainer_state.json").write_text(json.dumps({"step": 4, "ema_updates": 4, "num_processes": 2,
+                                                           "accelerator_step": 0, "skipped_nonfinite": 0}))
+    write_manifest(folder, step=4, num_processes=2)
+
+
+def test_a_two_process_checkpoint_needs_rank_1_s_random_state(tmp_path):
+    folder = tmp_path / "checkpoints" / "step-0000004"
+    two_process_checkpoint(folder)
+    assert verify(folder) is None
+    (folder / "rng-1.safetensors").unlink()
+    assert verify(folder) == "rng-1.safetensors is missing"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"]["rng-1.safetensors"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(folder) == "manifest.json does not list rng-1.safetensors"
+
+
+def test_resuming_with_another_process_count_is_refused_naming_both(tmp_path):
+    from carl.training.checkpoints import load_training_state
+
+    folder = tmp_path / "checkpoints" / "step-0000004"
+    two_process_checkpoint(folder)
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\); resume it with the same number, not 1"):
+        load_training_state(folder, model=None, ema=None, optimizer=None, scheduler=None, scaler=None, num_processes=1, rank=0)

@@ -63,3 +63,21 @@ def test_nonfinite_weights_before_any_checkpoint_are_refused_and_say_so(tmp_path
         assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
     finally:
         trainer.cleanup()
+
+
+def test_without_check_grads_a_non_finite_gradient_norm_passes_and_a_non_finite_loss_still_stops():
+    from carl.training.nonfinite import NonFiniteGuard
+
+    lenient = NonFiniteGuard(skip_limit=0, check_grads=False)  # fp16: the gradient scaler skips those steps itself
+    lenient.observe_loss(torch.tensor(1.0))
+    assert lenient.end_step(1, torch.tensor(float("inf"))) is False
+    lenient.check(1, "no checkpoint was written yet")  # nothing to report
+    strict = NonFiniteGuard(skip_limit=0, check_grads=True)
+    strict.observe_loss(torch.tensor(1.0))
+    strict.end_step(1, torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteError, match="NaN or infinite at step 1;"):
+        strict.check(1, "no checkpoint was written yet")
+    lenient.observe_loss(torch.tensor(float("nan")))
+    lenient.end_step(2, torch.tensor(1.0))
+    with pytest.raises(NonFiniteError, match="NaN or infinite at step 2;"):
+        lenient.check(2, "no checkpoint was written yet")

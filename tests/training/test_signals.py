@@ -83,3 +83,20 @@ def test_a_second_signal_stops_with_its_own_exit_code(signum, code, capsys, monk
     with pytest.raises(SystemExit) as exit_:
         program.main(["train", "tiny"])
     assert exit_.value.code == code
+
+
+def test_an_interrupt_after_an_older_checkpoint_writes_one_at_the_interrupted_step(tmp_path, monkeypatch):
+    original = Trainer._before_step
+
+    def send_at_step_5(self):  # after the checkpoint of step 3, in the middle of step 6
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_before_step", send_at_step_5)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 6") as info:
+        train(load_recipe("tiny", ["train.max_steps=50", "train.checkpoint_every=3", "train.keep_checkpoints=5"]),
+              output=tmp_path, progress=False)
+    assert info.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    assert verify(tmp_path / "checkpoints" / "step-0000006") is None
