@@ -29,10 +29,14 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--samples", type=int, default=200, help="sample paths per window (carl, ETS, ARIMA)")
     parser.add_argument("--out", default="benchmarks/out/ts_fan_chart.png", help="the fan chart of the window from 2004Q1")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="score only the first N validation windows (a quick check; the README's table uses all)")
     args = parser.parse_args()
+    if args.windows is not None and args.windows < 1:
+        parser.error(f"--windows must be at least 1, got {args.windows}")
     model, recipe = load_model(args.checkpoint)
     source: MacroSeries = recipe.data.build("datasets")
-    windows = torch.from_numpy(source.windows("validation"))
+    windows = torch.from_numpy(source.windows("validation"))[: args.windows]
     context = model.tokenizer.config.context
     scale = torch.from_numpy(source.windows("train")).flatten(0, 1).std(0)
     results = compare(model, windows, args.samples, scale=scale, seed=0)

@@ -46,7 +46,8 @@ class RunFolder:
                 already holds a run, or in use by another process (:class:`FolderInUse`).
         """
         if resume and overwrite:
-            raise CarlError("--resume continues the run in the output folder and --overwrite starts a new one: choose one")
+            raise CarlError("--resume continues the run in the output folder and --overwrite starts a new one (resume=True / "
+                            "overwrite=True in Python): choose one")
         folder = cls(path)
         folder._make()
         folder._check_lock(say)
@@ -77,15 +78,16 @@ class RunFolder:
         if not self.is_carl_run():
             what = "--resume: it holds no carl run" if resume else "it is not empty and was not created by carl"
             raise CarlError(f"{self.path}: {what} (it holds {listing}); choose a new or empty --output, or pass "
-                            f"--overwrite to write into it (your files are kept; any named like carl's outputs are "
-                            f"renamed to NAME.orig)")
+                            f"--overwrite (overwrite=True in Python) to write into it (your files are kept; any named "
+                            f"like carl's outputs are renamed to NAME.orig)")
         if resume:
             return
         if (self.path / CHECKPOINTS).is_dir() and any((self.path / CHECKPOINTS).iterdir()):
             raise CarlError(f"{self.path} already holds checkpoints; pass --resume to continue that run, "
-                            f"--overwrite to start it again, or choose another --output")
+                            f"--overwrite to start it again (resume=True / overwrite=True in Python), or choose "
+                            f"another --output")
         raise CarlError(f"{self.path} holds an earlier carl run ({listing}); pass --overwrite to start again "
-                        f"(or --resume), or choose another --output")
+                        f"(or --resume; overwrite=True / resume=True in Python), or choose another --output")
 
     def is_carl_run(self) -> bool:
         """Whether carl created this folder: only carl's own marker ``.carl/run.json`` says so. A folder

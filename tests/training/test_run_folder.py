@@ -210,3 +210,19 @@ def test_release_leaves_a_lock_someone_else_holds(tmp_path):
     folder.lock_path.write_text(json.dumps(other))
     folder.release()
     assert json.loads(folder.lock_path.read_text()) == other
+
+
+def test_each_refusal_tells_a_python_user_what_to_pass(tmp_path):
+    """carl.train() takes overwrite= and resume=, not --flags: every refusal names both spellings."""
+    look_alike(tmp_path / "yours")
+    with pytest.raises(CarlError, match=r"--overwrite \(overwrite=True in Python\) to write into it"):
+        RunFolder.claim(tmp_path / "yours")
+    RunFolder.claim(tmp_path / "ours").release()  # carl's run, no checkpoint yet
+    (tmp_path / "ours" / "samples.png").write_text("a grid")
+    with pytest.raises(CarlError, match=r"earlier carl run .*\(or --resume; overwrite=True / resume=True in Python\)"):
+        RunFolder.claim(tmp_path / "ours")
+    (tmp_path / "ours" / "checkpoints" / "step-0000002").mkdir(parents=True)
+    with pytest.raises(CarlError, match=r"already holds checkpoints; .*\(resume=True / overwrite=True in Python\)"):
+        RunFolder.claim(tmp_path / "ours")
+    with pytest.raises(CarlError, match=r"\(resume=True / overwrite=True in Python\): choose one"):
+        RunFolder.claim(tmp_path / "ours", resume=True, overwrite=True)

@@ -26,6 +26,6 @@ class FrequencyAccuracy(Metric):
         classes = recipe.data.options.num_classes
         labels = torch.arange(classes).repeat_interleave(self.config.per_class)
         generator = torch.Generator().manual_seed(0)
-        waves = model.generate(labels, num_steps=self.config.num_steps, generator=generator).cpu()  # (B, length)
-        strongest = torch.fft.rfft(waves, dim=1).abs()[:, 1:].argmax(dim=1) + 1  # skip the constant term
+        waves = model.generate(labels, num_steps=self.config.num_steps, generator=generator).cpu()  # (B, 1, length)
+        strongest = torch.fft.rfft(waves.flatten(1), dim=1).abs()[:, 1:].argmax(dim=1) + 1  # skip the constant term
         return {"frequency_accuracy": (strongest == labels + 1).float().mean().item()}

@@ -32,6 +32,12 @@ def register_recipes(register):
 
 
 @hookimpl
+def register_pretrained(register):
+    for folder in sorted((Path(__file__).parent / "pretrained").glob("*/config.json")):
+        register(folder.parent.name, folder.parent)  # a tokenizer folder shipped in the package, by its name
+
+
+@hookimpl
 def register_commands(app):
     from carl_waves.commands import check
 

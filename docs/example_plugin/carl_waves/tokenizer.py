@@ -1,10 +1,10 @@
-"""Waves ``(B, length)`` <-> tokens ``(B, length / patch, patch)``."""
+"""Waves ``(B, 1, length)`` <-> tokens ``(B, length / patch, patch)``."""
 
 from dataclasses import dataclass
 
 import torch
 
-from carl.tokenizers.base import Tokenizer
+from carl.tokenizers.base import Tokenizer, cell_mask
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,16 @@ class WaveTokenizer(Tokenizer):
         self.num_tokens = config.length // config.patch  # N
         self.token_dim = config.patch  # D
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, self.config.length)  # one item; training refuses data of another shape in one line
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().reshape(len(x), self.num_tokens, self.token_dim)  # (B, length) -> (B, N, D)
+        return x.float().reshape(len(x), self.num_tokens, self.token_dim)  # (B, 1, length) -> (B, N, D)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.float().reshape(len(tokens), -1)  # (B, N, D) -> (B, length)
+        return tokens.float().reshape(len(tokens), 1, -1)  # (B, N, D) -> (B, 1, length)
+
+    def token_mask(self, known: torch.Tensor) -> torch.Tensor:
+        """A token is known when all its ``patch`` steps are: ``(B, 1, length)`` -> ``(B, N)``."""
+        return cell_mask(known[:, 0], (self.num_tokens,))
