@@ -2,6 +2,7 @@
 
     python benchmarks/mnist_quality.py runs/mnist-ear [--per-class 100] [--cfg 3.0]
     python benchmarks/mnist_quality.py runs/mnist-ear --reference tuning --cfg 2,3,4 --temperature 0.7,1
+    python benchmarks/mnist_quality.py runs/mnist-ear --record      # the figures go into results.json and the card
 
 A small CNN is trained on the 2,000 held-out digits (which the generative model never saw) and
 checked on the 8,000 training digits. Then the model generates ``per-class`` samples of each
@@ -24,13 +25,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from carl.layout import RESULTS_FILE
 from carl.model import load_model
+from carl.model.folder import local_folder, record_results
 from carl_image_ear.mnist import mnist_arrays
 
 
@@ -186,8 +190,12 @@ def main() -> None:
                         help="heldout: the benchmark; tuning: 2,000 training digits, to choose settings on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--record", action="store_true",
+                        help="add each row's accuracy and FD, with its settings, to the model folder's results.json and card")
     args = parser.parse_args()
 
+    if args.record:
+        local_folder(args.checkpoint)  # a local model folder, checked before minutes of sampling
     model, recipe = load_model(args.checkpoint)
     model.to(args.device)
     s = recipe.sample
@@ -218,6 +226,13 @@ def main() -> None:
                      cfg_schedule=schedule, reference=args.reference)
         print(f"| {steps} | {cfg:g} | {schedule} | {temperature:g} | {head} | {r['accuracy']:.2%} | {r['fd_gen_real']:.2f} "
               f"| {r['fd_real_real']:.2f} | {r['seconds_per_image']:.4f} |", flush=True)
+        if args.record:
+            settings = (f"{10 * args.per_class} samples, {args.reference} reference, {steps} steps, CFG {cfg:g} {schedule}, "
+                        f"temperature {temperature:g}" + ("" if head == "-" else f", head sampler {head}") + f", seed {args.seed}")
+            record_results(args.checkpoint, {f"MNIST accuracy ({settings})": round(r["accuracy"], 4),
+                                             f"MNIST FD ({settings}; real vs real {r['fd_real_real']:.2f})": round(r["fd_gen_real"], 2)})
+    if args.record:
+        print(f"recorded in {Path(args.checkpoint) / RESULTS_FILE}")
 
 
 if __name__ == "__main__":

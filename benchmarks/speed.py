@@ -5,6 +5,7 @@
     python benchmarks/speed.py --device cuda --shape mar-b --modes compiled
     python benchmarks/speed.py --shape mnist --modes eager,compiled     # the CPU ratio compiled / eager
     python benchmarks/speed.py --recipe mnist-ear --set model.backbone.width=256 --threads 2
+    python benchmarks/speed.py --recipe mnist-ear --variants eager:fp32,compiled:fp32,eager:bf16 --repeats 8
 
 Shapes (tokens are random, so no tokenizer or data set is needed; the backbone, order and head
 are the recipe's):
@@ -220,6 +221,48 @@ def bench_mode(shape: Shape, mode: str, args, device, autocast) -> list[Row]:
     return rows
 
 
+def interleaved(shape: Shape, args, device) -> None:
+    """Train-step time of several ``mode:dtype`` variants, timed in alternating rounds in one
+    process, so that a machine whose load drifts (other jobs on the same cores) slows every
+    variant alike; prints each variant's median step time and its ratio to the first one."""
+    steps = {}
+    for variant in args.variants.split(","):
+        mode, dtype = variant.split(":")
+        torch.manual_seed(0)
+        model = ContinuousAR(from_dict(ModelConfig, shape.model)).to(device)
+        if mode == "compiled":
+            compile_model(model, args.compile_mode)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), **optimizer_options(device))
+        n, d = model.tokenizer.num_tokens, model.tokenizer.token_dim
+        b = shape.train_batch
+        batch = {"tokens": torch.randn(b, n, d, device=device), "condition": torch.randint(0, shape.num_classes, (b,), device=device)}
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+        def train_step(model=model, opt=opt, batch=batch, autocast=autocast) -> None:
+            with autocast:
+                loss = model(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        start = time.perf_counter()
+        for _ in range(5 if mode == "compiled" else 2):
+            train_step()
+        sync(device)
+        print(f"{variant}: first steps (compilation) {time.perf_counter() - start:.1f} s", flush=True)
+        steps[variant] = train_step
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(args.repeats):
+        for variant, step in steps.items():
+            times[variant] += timed(step, device, repeats=3, warmup=0)
+    first = statistics.median(next(iter(times.values())))
+    print(f"| train step, batch {shape.train_batch} ({torch.get_num_threads()} threads) | median | relative to the first |")
+    print("|---|---|---|")
+    for variant, values in times.items():
+        median = statistics.median(values)
+        print(f"| {variant} | {median * 1e3:,.1f} ms | {median / first:.2f} ({first / median:.2f}x speed) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -233,6 +276,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: measured)")
     parser.add_argument("--no-sampling", dest="sampling", action="store_false", help="time training only")
+    parser.add_argument("--variants", default=None,
+                        help="mode:dtype list (eager:fp32,compiled:fp32,eager:bf16): train steps timed in alternating "
+                             "rounds, robust to a machine whose load drifts; replaces the table")
     parser.add_argument("--no-sampling-flops", dest="count_sampling_flops", action="store_false",
                         help="skip counting sampling FLOPs (one extra eager generation per row)")
     args = parser.parse_args()
@@ -244,6 +290,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = recipe_shape(args.recipe, args.set) if args.recipe else SHAPES[args.shape]
+    if args.variants:
+        print(f"shape {args.recipe + ' ' + ' '.join(args.set) if args.recipe else args.shape}, device {device}, "
+              f"torch {torch.__version__}, matmul {matmul_peak(device, torch.float32) / 1e9:.0f} GFLOP/s (fp32)")
+        interleaved(shape, args, device)
+        return
 
     rows = [row for mode in modes for row in bench_mode(shape, mode.strip(), args, device, autocast)]
     peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(device, dtype)

@@ -12,6 +12,7 @@ File names: :mod:`carl.layout`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import tempfile
@@ -239,6 +240,10 @@ class ModelFolderMixin(PyTorchModelHubMixin):
         Raises:
             ValueError: ``recipe`` describes another model.
         """
+        # Checked even without push_to_hub, so that a misspelt option (privat=True) is not ignored.
+        unknown = set(push_to_hub_kwargs) - set(inspect.signature(self.push_to_hub).parameters)
+        if unknown:
+            raise TypeError(f"save_pretrained() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         if recipe is not None and to_dict(recipe.model) != to_dict(self.config):
             raise ValueError("save_pretrained: the recipe's model section is not this model's config; "
                              "give the recipe the model was trained from, or none")

@@ -299,6 +299,12 @@ class RecordingApi:
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
 
 
+def test_save_pretrained_refuses_a_misspelt_push_option_even_without_pushing(model, tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword argument.*privat"):
+        model.save_pretrained(tmp_path / "m", privat=True)
+    assert not (tmp_path / "m").exists()   # refused before anything is written
+
+
 def test_save_pretrained_refuses_another_models_recipe(model, tmp_path):
     other = load_recipe("tiny", ["model.backbone.width=64"])
     with pytest.raises(ValueError) as caught:
