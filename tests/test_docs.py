@@ -77,6 +77,8 @@ NOT_RUN = {
         "mutation testing of every module runs the tests once per mutant: about 25 minutes",
     ("README.md", "nice -n 19 python scripts/mutation.py train --sample 60"):
         "60 mutants of the training loop, each running its tests: several minutes",
+    ("README.md", "nice -n 19 python scripts/mutation.py --planted"):
+        "37 planted bugs, each running its module's tests: tens of minutes",
 }
 QUICK = {  # benchmark script -> the flags of a small run
     "benchmarks/timeseries.py": ["--samples", "2", "--windows", "2"],

@@ -509,6 +509,7 @@ def test_recorded_figures_travel_with_the_model(four_steps, tmp_path):
     after = json.loads((folder / "results.json").read_text())
     assert after == {**before, "accuracy (1,000 samples, 32 steps)": 0.985, "FD (1,000 samples, 32 steps)": 7.5}
     assert "| FD (1,000 samples, 32 steps) | 7.5 |" in (folder / "README.md").read_text()
+    assert '\n  "FD (1,000 samples, 32 steps)": 7.5' in (folder / "results.json").read_text()  # one figure a line, for people and diffs
     (folder / "results.json").write_text("[1, 2]")
     with pytest.raises(CarlError, match="results.json is not a JSON object of figures"):
         record_results(folder, {"x": 1})

@@ -125,3 +125,16 @@ def test_a_run_within_its_warm_up_warns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warm-up (2 steps: train.warmup_epochs 0, train.warmup_steps 2) takes 2 of the run's 4 steps" in out
     assert "never reaches its peak" not in out
+
+
+def test_the_job_sees_the_epoch_fraction_before_each_step(tmp_path, monkeypatch):
+    """The job's per-step hook (the AR job's train temperature schedule) gets step / steps per epoch."""
+    from carl.api import train
+    from carl.training.jobs.ar import ARJob
+
+    seen = []
+    monkeypatch.setattr(ARJob, "before_step", lambda self, module, epoch: seen.append(epoch))
+    cfg = load_recipe("tiny", ["train.max_steps=12", "data.num_samples=256", "train.checkpoint_every=null"])
+    train(cfg, output=tmp_path, progress=False)
+    steps_per_epoch = 256 // cfg.train.global_batch
+    assert seen == [step / steps_per_epoch for step in range(12)]
