@@ -4,6 +4,7 @@ recipe."""
 
 import contextlib
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from carl.api import train
 from carl.config import load_recipe
-from carl.layout import LOGS
+from carl.layout import CHECKPOINTS, LOGS, step_name
 from carl.training.logs import StepStats
 
 from helpers import Terminal
@@ -91,3 +92,16 @@ def test_step_line_and_scalars():
     stats = StepStats(step=20, total=60, epoch=1.25, loss=1.5, lr=1e-3, grad_norm=3.5, samples_per_s=812.4)
     assert stats.line(eta_s=75) == "step 20/60 | epoch 1.25 | loss 1.5000 | lr 1.00e-03 | grad norm 3.5 | 812 samples/s | eta 0:01:15"
     assert stats.scalars()["train/samples/s"] == 812.4 and stats.scalars()["train/grad_norm"] == 3.5
+
+
+def test_a_resumed_run_keeps_the_tensorboard_points_logged_before_its_checkpoint(tmp_path):
+    """A run killed at step 10 after its step-8 checkpoint resumes from 8: only the points after 8
+    are purged, so TensorBoard shows every loss point of steps 1..12 once (it used to drop the
+    earlier ones as out of order when the resumed run wrote its first event)."""
+    run = ["train.log_every=1", "train.checkpoint_every=4", "train.lr_schedule=constant"]
+    out = train("tiny", [*run, "train.max_steps=10"], output=tmp_path / "run", progress=False)
+    shutil.rmtree(out / CHECKPOINTS / step_name(10))  # as if killed after logging steps 9 and 10
+    train("tiny", [*run, "train.max_steps=12"], output=out, resume=True, progress=False)  # from step 8
+    log = EventAccumulator(str(out / LOGS), size_guidance={"scalars": 0})
+    log.Reload()
+    assert [e.step for e in log.Scalars("train/loss")] == list(range(1, 13))
