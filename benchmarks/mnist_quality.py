@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from carl_image_ear.mnist import mnist_arrays
 from torch import nn
 
 from carl.layout import RESULTS_FILE
 from carl.model import load_model
 from carl.model.folder import local_folder, record_results
-from carl_image_ear.mnist import mnist_arrays
 
 
 class DigitCNN(nn.Module):

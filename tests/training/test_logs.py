@@ -8,14 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import Terminal
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carl.api import train
 from carl.config import load_recipe
 from carl.layout import CHECKPOINTS, LOGS, step_name
 from carl.training.logs import StepStats
-
-from helpers import Terminal
 
 
 def run_tiny(output, stderr, *overrides, progress=True) -> str:
