@@ -110,6 +110,19 @@ class Mixture:
         return (-b2[:, 0].sqrt() * grad).float()
 
 
+    def velocity(self, x, t):
+        """E[y - z | x_t = x] for x_t = (1 - t) z + t y: per component, (y, z, x_t) are jointly
+        Gaussian, x_t | k ~ N(t m_k, var_k) with var_k = t^2 s_k^2 + (1 - t)^2, and
+        E[y - z | x, k] = m_k + (t s_k^2 - (1 - t)) (x - t m_k) / var_k; the components are
+        weighted by their posterior responsibility at x."""
+        x, t = x.double(), t.double().expand(x.shape[0])[:, None]  # (M, D), (M, 1)
+        var = t**2 * self.s**2 + (1 - t) ** 2  # (M, K)
+        diff = x[:, None] - t[..., None] * self.m  # (M, K, D)
+        log_r = self.w.log() - 0.5 * (diff**2).sum(-1) / var - 0.5 * self.m.shape[1] * var.log()
+        r = log_r.softmax(-1)[..., None]
+        per_component = self.m + (t * self.s**2 - (1 - t))[..., None] * diff / var[..., None]
+        return (r * per_component).sum(1).float()
+
 TWO_MODES = Mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 1.0]], [0.4, 0.6])  # 2-D, bimodal
 SKEWED = Mixture([0.8, 0.2], [[0.0], [2.0]], [0.5, 1.0])  # 1-D, right-skewed
 TRUTHS = {"two-modes": TWO_MODES, "skewed": SKEWED}

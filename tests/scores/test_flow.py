@@ -1,56 +1,15 @@
 """The flow-matching head: its loss against the exact velocity of known mixtures, its ODE sampler,
 sampler options, guidance, temperature, and a small head that learns a bimodal distribution."""
 
-import math
 
 import pytest
 import torch
+from helpers.scores import TRUTHS, TWO_MODES, Mixture
 
 from carl.errors import FieldError
 from carl.scores import FlowScore, FlowScoreConfig, Guidance
 
 HIDDEN = 4
-
-
-class Mixture:
-    """A Gaussian mixture with isotropic components and the exact velocity of its rectified flow."""
-
-    def __init__(self, weights, means, stds):
-        self.w = torch.tensor(weights, dtype=torch.float64)
-        self.m = torch.tensor(means, dtype=torch.float64)  # (K, D)
-        self.s = torch.tensor(stds, dtype=torch.float64)  # (K,)
-
-    def shifted(self, by):
-        return Mixture(self.w.tolist(), (self.m + by).tolist(), self.s.tolist())
-
-    def rescaled(self, by):
-        return Mixture(self.w.tolist(), self.m.tolist(), (self.s * by).tolist())
-
-    def mode_dropped(self):
-        k = int(self.w.argmax())
-        return Mixture([1.0], self.m[k : k + 1].tolist(), self.s[k : k + 1].tolist())
-
-    def sample(self, n, g):
-        k = torch.multinomial(self.w, n, replacement=True, generator=g)
-        return (self.m[k] + self.s[k, None] * torch.randn(n, self.m.shape[1], generator=g, dtype=torch.float64)).float()
-
-    def velocity(self, x, t):
-        """E[y - z | x_t = x] for x_t = (1 - t) z + t y: per component, (y, z, x_t) are jointly
-        Gaussian, x_t | k ~ N(t m_k, var_k) with var_k = t^2 s_k^2 + (1 - t)^2, and
-        E[y - z | x, k] = m_k + (t s_k^2 - (1 - t)) (x - t m_k) / var_k; the components are
-        weighted by their posterior responsibility at x."""
-        x, t = x.double(), t.double().expand(x.shape[0])[:, None]  # (M, D), (M, 1)
-        var = t**2 * self.s**2 + (1 - t) ** 2  # (M, K)
-        diff = x[:, None] - t[..., None] * self.m  # (M, K, D)
-        log_r = self.w.log() - 0.5 * (diff**2).sum(-1) / var - 0.5 * self.m.shape[1] * var.log()
-        r = log_r.softmax(-1)[..., None]
-        per_component = self.m + (t * self.s**2 - (1 - t))[..., None] * diff / var[..., None]
-        return (r * per_component).sum(1).float()
-
-
-TWO_MODES = Mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 1.0]], [0.4, 0.6])  # 2-D, bimodal
-SKEWED = Mixture([0.8, 0.2], [[0.0], [2.0]], [0.5, 1.0])  # 1-D, right-skewed
-TRUTHS = {"two-modes": TWO_MODES, "skewed": SKEWED}
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -80,7 +39,7 @@ def test_the_true_velocity_has_the_lowest_expected_loss(truth):
     p = TRUTHS[truth]
     g = torch.Generator().manual_seed(0)
     n = 40_000
-    y = p.sample(n, g)
+    y = p.sample((n,), g)
     t, noise = torch.rand(n, generator=g), torch.randn(y.shape, generator=g)  # common random numbers
 
     def expected(q):
@@ -149,7 +108,7 @@ def test_integrating_the_true_velocity_samples_the_truth(truth):
     torch.testing.assert_close(x.std(0).double(), std, atol=0.05, rtol=0)
     mid = p.m.mean(0)[0].item()  # the weight of each mode survives
     assert abs((x[:, 0] > mid).float().mean().item() - p.w[p.m[:, 0] > mid].sum().item()) < 0.02
-    assert energy_distance(x[:2000], p.sample(2000, g)) < 0.01
+    assert energy_distance(x[:2000], p.sample((2000,), g)) < 0.01
 
 
 GAUSSIAN = Mixture([1.0], [[1.0, -2.0]], [0.5])  # its flow map is exactly x_1 = m + s z
@@ -292,14 +251,14 @@ def test_a_small_head_learns_a_bimodal_distribution(one_thread):
     opt = torch.optim.Adam(rule.parameters(), lr=3e-3)
     for _ in range(200):
         c = torch.randint(0, 2, (128,), generator=g)
-        y = torch.where(c[:, None] == 0, truths[0].sample(128, g), truths[1].sample(128, g))
+        y = torch.where(c[:, None] == 0, truths[0].sample((128,), g), truths[1].sample((128,), g))
         loss = rule.loss(codes[c], y).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     for k, truth in enumerate(truths):
         drawn = rule.sample(codes[k].expand(1000, -1), generator=g)
-        real, other = truth.sample(1000, g), truth.sample(1000, g)
+        real, other = truth.sample((1000,), g), truth.sample((1000,), g)
         collapsed = real.mean(0) + real.std(0) * torch.randn(1000, 2, generator=g)  # right mean and spread, one mode
         learned, floor, unimodal = energy_distance(drawn, real), energy_distance(other, real), energy_distance(collapsed, real)
         assert learned < floor + 0.03 and learned < unimodal / 5, (k, learned, floor, unimodal)

@@ -14,6 +14,7 @@ from carl.errors import CarlError
 from carl_timeseries.baselines import BASELINES
 from carl_timeseries.chart import fan_chart
 from carl_timeseries.forecast import Compared, compare
+from carl_timeseries.frames import write_table
 from carl_timeseries.history import ForecastWindow, History, forecast_window, read_history
 from carl_timeseries.tokenizer import SeriesTokenizer
 
@@ -112,12 +113,7 @@ def write_paths(paths: np.ndarray, dates: pd.DatetimeIndex, history: History, pa
     frame = pd.DataFrame(paths.reshape(-1, paths.shape[-1]), columns=list(history.channels))
     frame.insert(0, "date", [history.label(d) for d in dates] * len(paths))
     frame.insert(0, "path", np.repeat(np.arange(len(paths)), len(dates)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False, float_format="%.6g")
-    return path
+    return write_table(frame, path)
 
 
 def _history(recipe, channels: int, csv: Path | None, date_column: str) -> History:

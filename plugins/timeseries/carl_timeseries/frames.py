@@ -178,3 +178,13 @@ def _regular(index: pd.Index, source: str, uid: str) -> pd.Index:
         raise SeriesDataError(f"{source}: series '{uid}' is not evenly spaced: {where}; give one value per step of a "
                               f"regular frequency (daily, weekly, monthly, ...)")
     return pd.DatetimeIndex(index, freq=freq)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` as Parquet (a ``.parquet`` suffix) or CSV, folders made; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False, float_format="%.6g")
+    return path

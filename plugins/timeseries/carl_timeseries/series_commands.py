@@ -14,9 +14,21 @@ from carl.errors import CarlError
 from carl_timeseries.backtest import Cut, errors_of, rolling_origins
 from carl_timeseries.baselines import ENSEMBLE, NAMES, quantile_forecasts
 from carl_timeseries.chart import SERIES_PER_PAGE, series_fan_chart
-from carl_timeseries.frames import Series, read_table, stamp_label, to_long, series_of
+from carl_timeseries.frames import (
+    Series,
+    read_table,
+    series_of,
+    stamp_label,
+    to_long,
+    write_table,
+)
 from carl_timeseries.metrics import QUANTILES, summary
-from carl_timeseries.pipeline import MIN_HISTORY, Forecaster, forecast_table, paths_table
+from carl_timeseries.pipeline import (
+    MIN_HISTORY,
+    Forecaster,
+    forecast_table,
+    paths_table,
+)
 from carl_timeseries.sampling import quantiles_of
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -40,15 +52,6 @@ def _unit(freq: str | None) -> str:
         return ""
     letters = "".join(c for c in freq.split("-")[0] if c.isalpha())
     return letters[:1] if letters[:1] != "B" or letters == "B" else letters[1:2]
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False, float_format="%.6g")
-    return path
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str, option: str) -> None:
