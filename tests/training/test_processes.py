@@ -2,6 +2,7 @@
 group is refused, and 2 processes train what 1 process with 2 accumulation steps trains."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,11 +20,18 @@ DETERMINISTIC = ["model.score={name: gaussian, depth: 2, width: 32}", "model.con
                  "train.global_batch=16", "train.micro_batch=8", "train.max_steps=5", "train.checkpoint_every=null"]
 
 
+def free_port() -> int:
+    """A port no one listens on now (a fixed one may be held, or in TIME_WAIT, from an earlier launch)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_cpu_processes_train_like_one_process_with_accumulation(tmp_path):
     two = tmp_path / "two"
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "carl", "train", "tiny", *DETERMINISTIC, "--output", str(two), "--no-progress"],
         capture_output=True, text=True, timeout=500, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
