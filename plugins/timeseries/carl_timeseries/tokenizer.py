@@ -23,7 +23,10 @@ class SeriesConfig:
 
     Missing values (NaN) are allowed: the statistics are those of the observed past steps, and a
     missing step becomes 0 (the past's mean) after standardising. A forecaster reads a history
-    shorter than ``context`` left-padded with NaN."""
+    shorter than ``context`` left-padded with NaN. Since a padded step then reads exactly like a
+    step at the past's mean, ``observed`` appends to each token, per channel, the share of its
+    patch's steps that are observed (0 for a patch of padding, 1 for a full one): the model can
+    tell a short history from a flat one. A generated token's share is dropped by ``decode``."""
 
     length: Annotated[int, at.Ge(1)] = 32
     channels: Annotated[int, at.Ge(1)] = 4
@@ -31,6 +34,7 @@ class SeriesConfig:
     context: Annotated[int, at.Ge(1)] = 24
     min_std: Annotated[float, at.Gt(0)] = 1e-2
     relative_min_std: Annotated[float, at.Ge(0)] = 0.0
+    observed: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -39,7 +43,8 @@ class SeriesConfig:
 
 
 class SeriesTokenizer(Tokenizer):
-    """``(B, length, channels)`` -> ``(B, length / patch, patch * channels)`` tokens.
+    """``(B, length, channels)`` -> ``(B, length / patch, patch * channels)`` tokens (plus
+    ``channels`` observed shares with ``observed``).
 
     ``encode`` standardises with the context's statistics; ``decode`` returns the series in those
     standardised units; :meth:`normalize` / :meth:`denormalize` give and undo the scale, so a
@@ -52,7 +57,8 @@ class SeriesTokenizer(Tokenizer):
         super().__init__()
         self.config = config
         self.num_tokens = config.length // config.patch
-        self.token_dim = config.patch * config.channels
+        self.values_dim = config.patch * config.channels
+        self.token_dim = self.values_dim + (config.channels if config.observed else 0)
         self.context_tokens = config.context // config.patch
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,7 +82,12 @@ class SeriesTokenizer(Tokenizer):
         return (self.config.length, self.config.channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.normalize(x)[0], "b (n p) c -> b n (p c)", p=self.config.patch)
+        p = self.config.patch
+        tokens = rearrange(self.normalize(x)[0], "b (n p) c -> b n (p c)", p=p)
+        if not self.config.observed:
+            return tokens
+        share = rearrange((~torch.isnan(x)).float(), "b (n p) c -> b n c p", p=p).mean(-1)
+        return torch.cat([tokens, share], dim=-1)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return rearrange(tokens.float(), "b n (p c) -> b (n p) c", p=self.config.patch)
+        return rearrange(tokens[..., : self.values_dim].float(), "b n (p c) -> b (n p) c", p=self.config.patch)

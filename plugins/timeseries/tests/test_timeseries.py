@@ -43,6 +43,40 @@ def test_tokenizer_round_trip_and_past_only_scale():
     torch.testing.assert_close(tok.encode(future_changed)[:, :6], tokens[:, :6])  # the future does not move the scale
 
 
+def test_observed_shares_mark_the_padding_a_short_history_would_otherwise_hide():
+    """A history of 10 steps left-padded to the 24-step context: its padded steps standardise to
+    0, exactly like steps at the past's mean, so without ``observed`` the padded patches read as a
+    flat past; with it each token says how much of its patch is real."""
+    config = dict(length=32, channels=1, patch=4, context=24)
+    short = torch.full((1, 32, 1), float("nan"))
+    short[0, 14:, 0] = torch.arange(18.0) ** 1.5
+    flat = short.clone()
+    flat[0, :14, 0] = short[0, 14:24, 0].mean()  # the padding filled with the past's mean
+    plain = SeriesTokenizer(SeriesConfig(**config))
+    assert plain.token_dim == 4
+    torch.testing.assert_close(plain.encode(short)[:, :3], plain.encode(flat)[:, :3])  # indistinguishable
+    tok = SeriesTokenizer(SeriesConfig(**config, observed=True))
+    assert tok.token_dim == 5
+    tokens = tok.encode(short)
+    assert tokens[0, :, -1].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0]  # steps 14.. observed
+    assert tok.encode(flat)[0, :, -1].tolist() == [1.0] * 8
+    torch.testing.assert_close(tokens[..., :4], plain.encode(short))  # the values are unchanged
+    torch.testing.assert_close(tok.decode(tokens), plain.decode(plain.encode(short)))
+
+
+def test_observed_shares_per_channel_and_the_round_trip():
+    tok = SeriesTokenizer(SeriesConfig(observed=True))  # 4 channels, patches of 4
+    x = torch.randn(2, 32, 4) * 3 + 1
+    x[1, :6, 2] = float("nan")  # channel 2 of the second window starts 6 steps late
+    tokens = tok.encode(x)
+    assert tokens.shape == (2, 8, 20)
+    shares = tokens[..., 16:]
+    assert shares[0].eq(1).all() and shares[1, :, [0, 1, 3]].eq(1).all()
+    assert shares[1, :, 2].tolist() == [0.0, 0.5] + [1.0] * 6
+    xn, mean, std = tok.normalize(x)
+    torch.testing.assert_close(tok.decode(tokens), xn)
+
+
 def test_baselines_and_scores():
     w = torch.arange(32.0).view(1, 32, 1).expand(1, 32, 2).contiguous()
     assert last_value(w, 24)[0, 0, :, 0].tolist() == [23.0] * 8
