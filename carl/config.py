@@ -119,7 +119,8 @@ class TrainConfig:
     ema_decay: Annotated[float, at.Interval(ge=0, lt=1)] = 0.9999
     # (from_epoch, temperature) pairs, e.g. [[0, 1.0], [750, 0.99]]: EAR's last 50 epochs at 0.99
     train_temperature: tuple[tuple[Annotated[float, at.Ge(0)], Annotated[float, at.Gt(0)]], ...] = ((0.0, 1.0),)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: bf16 where the device multiplies bf16 natively (carl.training.accel.native_bf16), else no
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     num_workers: Annotated[int, at.Ge(0)] = 0
     compile: bool = False  # torch.compile the backbone and the scoring rule's network (carl.training.accel)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

@@ -6,6 +6,7 @@
   (``nn.Module.compile``), so parameter names, state dicts and checkpoints stay those of the eager model.
 - :func:`optimizer_options` and :func:`loader_options`: fused AdamW, pinned memory and
   non-blocking copies on CUDA; on a CPU they change nothing.
+- :func:`resolve_mixed_precision`: what ``mixed_precision: auto`` means on this machine.
 """
 
 from __future__ import annotations
@@ -96,6 +97,25 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
     for part in parts:
         part.compile(mode=None if mode == "default" else mode, backend=backend)
     return parts
+
+
+def native_bf16() -> bool:
+    """Whether the device training will run on multiplies bf16 in hardware: a CUDA GPU that
+    supports it, or a CPU with AVX512-BF16 or AMX tiles. Elsewhere oneDNN emulates bf16 and an
+    autocast step is slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if torch.backends.mps.is_available():
+        return False
+    # private probes of torch.cpu (present since torch 2.3); absent ones count as no support
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``no``; the other choices as given."""
+    if choice != "auto":
+        return choice
+    return "bf16" if native_bf16() else "no"
 
 
 def optimizer_options(device: torch.device) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
@@ -24,7 +25,7 @@ from carl.data import DataSource
 from carl.errors import CarlError, TrainingInterrupted
 from carl.layout import RECIPE_FILE, SAMPLES_DIR, step_name
 from carl.training import checkpoints
-from carl.training.accel import DeviceEMA, compile_model, loader_options, optimizer_options
+from carl.training.accel import DeviceEMA, compile_model, loader_options, optimizer_options, resolve_mixed_precision
 from carl.training.checkpoints import latest_checkpoint
 from carl.training.jobs import job_for
 from carl.training.logs import StepStats, TrainingLog
@@ -65,7 +66,7 @@ class Trainer:
         train = self.cfg.train
         checkpoints.check_keep(train.keep_checkpoints)
         self.accelerator = Accelerator(
-            mixed_precision=train.mixed_precision,
+            mixed_precision=resolve_mixed_precision(train.mixed_precision),
             log_with=None if train.tracker == "none" else train.tracker,
             project_dir=str(self.output),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
@@ -91,7 +92,7 @@ class Trainer:
         self.finished = False  # whether job.finish() has run on the EMA weights
         self.eval_figures: dict[str, str] = {}  # the latest evaluation's, for the card
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, self.optimizer, loader)
-        self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=train.mixed_precision != "fp16",
+        self.guard = NonFiniteGuard(skip_limit=train.skip_nonfinite, check_grads=self.accelerator.mixed_precision != "fp16",
                                     device=self.accelerator.device)
         self.step = self._restore() if self.resume else 0
         self.log = TrainingLog(self.accelerator, output=self.output, total_steps=self.total_steps,
@@ -149,7 +150,7 @@ class Trainer:
         b = self.batching
         self.accelerator.print(
             f"carl: {self.job.kind} job, {trainable / 1e6:.2f}M trainable parameters | {self.accelerator.num_processes} process(es) on "
-            f"{self.accelerator.device} | global batch {self.cfg.train.global_batch} = {b.micro_batch} x "
+            f"{self.accelerator.device} ({self.accelerator.mixed_precision} mixed precision) | global batch {self.cfg.train.global_batch} = {b.micro_batch} x "
             f"{self.accelerator.num_processes} x {b.accumulation} accumulation | lr {learning_rate(self.cfg.train):.2e} | "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps | output {self.output}"
         )
@@ -363,6 +364,9 @@ class Trainer:
         the output folder; safe after a setup that failed half-way."""
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
+            # accelerate keeps one state per process and refuses a later run's other precision
+            # (a notebook that trains in bf16, then in fp32); the process group stays
+            AcceleratorState._reset_state()
         if self.run_folder is not None:
             self.run_folder.set_status(status, step=getattr(self, "step", 0), total_steps=getattr(self, "total_steps", None))
             self.run_folder.release()

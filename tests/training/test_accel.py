@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from carl.model import ContinuousAR
-from carl.training.accel import DeviceEMA, compile_model, ema_decay, loader_options, optimizer_options
+from carl.config import load_recipe
+from carl.errors import RecipeError
+from carl.training import accel
+from carl.training.accel import DeviceEMA, compile_model, ema_decay, loader_options, optimizer_options, resolve_mixed_precision
 
 from helpers import tiny_model_config
 from helpers.models import randomized
@@ -90,6 +93,49 @@ def test_cuda_only_options_change_nothing_on_cpu():
     assert loader_options(cpu, 0) == {"num_workers": 0, "pin_memory": False}
     assert optimizer_options(torch.device("cuda")) == {"fused": True}
     assert loader_options(torch.device("cuda"), 4)["pin_memory"] and loader_options(torch.device("cuda"), 4)["persistent_workers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed_precision: auto
+
+
+def _cpu_probes(monkeypatch, *, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "no")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_bf16(monkeypatch, avx512_bf16, amx, expected):
+    _cpu_probes(monkeypatch, avx512_bf16=avx512_bf16, amx=amx)
+    assert resolve_mixed_precision("auto") == expected
+
+
+def test_auto_precision_without_the_probes_is_fp32(monkeypatch):
+    _cpu_probes(monkeypatch, avx512_bf16=True, amx=True)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not accel.native_bf16() and resolve_mixed_precision("auto") == "no"
+
+
+def test_auto_precision_on_cuda_asks_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_mixed_precision("auto") == expected
+
+
+@pytest.mark.parametrize("choice", ["no", "bf16", "fp16"])
+def test_explicit_precisions_are_kept(monkeypatch, choice):
+    _cpu_probes(monkeypatch, avx512_bf16=False, amx=False)
+    assert resolve_mixed_precision(choice) == choice
+
+
+def test_recipes_take_auto_and_refuse_other_words():
+    assert load_recipe("tiny", ["train.mixed_precision=auto"]).train.mixed_precision == "auto"
+    with pytest.raises(RecipeError, match="train.mixed_precision"):
+        load_recipe("tiny", ["train.mixed_precision=bf17"])
 
 
 def test_compiled_training_does_not_recompile_across_steps():

@@ -4,6 +4,7 @@ where a run resumes."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ import carl
 from carl.cli import app
 from carl.config import load_recipe
 from carl.model import ContinuousAR, load_model
+from carl.training import accel
 from carl.training.trainer import Trainer, _finite_mean
 
 
@@ -61,8 +63,20 @@ def test_the_setup_line_names_the_job_parameters_processes_batch_lr_and_steps(tm
     trainer.setup()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.cleanup()
-    assert (f"carl: ar job, {trainable / 1e6:.2f}M trainable parameters | 1 process(es) on cpu | global batch 32 = 32 x 1 "
-            f"x 1 accumulation | lr 1.00e-03 | 16 steps/epoch, 4 steps | output {tmp_path}") in capsys.readouterr().out
+    assert (f"carl: ar job, {trainable / 1e6:.2f}M trainable parameters | 1 process(es) on cpu (no mixed precision) | "
+            f"global batch 32 = 32 x 1 x 1 accumulation | lr 1.00e-03 | 16 steps/epoch, 4 steps | output {tmp_path}") in capsys.readouterr().out
+
+
+# bf16 first: the second case is also the regression test of one process training in two precisions
+# (accelerate's per-process state refused the second until cleanup() reset it)
+@pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "no")])
+def test_auto_precision_reaches_the_accelerator(tmp_path, monkeypatch, capsys, native, expected):
+    monkeypatch.setattr(accel, "native_bf16", lambda: native)
+    trainer = Trainer(load_recipe("tiny", ["train.max_steps=1", "train.mixed_precision=auto"]), output=tmp_path, progress=False)
+    trainer.setup()
+    precision = trainer.accelerator.mixed_precision
+    trainer.cleanup()
+    assert precision == expected and f"on cpu ({expected} mixed precision)" in capsys.readouterr().out
 
 
 def test_the_loader_shuffles_drops_the_ragged_batch_and_the_optimizer_takes_the_recipe_s_betas(tmp_path):
