@@ -288,14 +288,8 @@ class Page:
 
 
 def run_carl(argv: list[str]) -> tuple[int, str]:
-    """``carl ARGV`` through the program's entry point: (exit code, what it printed). accelerate's
-    per-process state is forgotten first, as a new ``carl`` process would start without it (a
-    bf16 recipe may follow an fp32 one)."""
-    from accelerate.state import AcceleratorState
-
+    """``carl ARGV`` through the program's entry point: (exit code, what it printed)."""
     from carl import cli
-
-    AcceleratorState._reset_state()
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
