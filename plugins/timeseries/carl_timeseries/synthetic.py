@@ -80,9 +80,12 @@ def kernel_synth(batch: int, length: int, g: torch.Generator, max_kernels: int =
         if cov is None:
             cov = k
             continue
-        active = (slot < count)[:, None, None]
-        product = (torch.rand(batch, generator=g) < 0.5)[:, None, None]
-        cov = torch.where(active, torch.where(product, cov * k, cov + k), cov)
+        active = slot < count
+        product = torch.rand(batch, generator=g) < 0.5
+        # in place, on the rows that change only: two full-size torch.where's cost 2/3 of the time
+        times, plus = (active & product).nonzero().squeeze(1), (active & ~product).nonzero().squeeze(1)
+        cov[times] *= k[times]
+        cov[plus] += k[plus]
     cov = cov + 1e-4 * torch.eye(length, dtype=torch.float64)
     chol, _ = torch.linalg.cholesky_ex(cov)
     draws = (chol @ torch.randn(batch, length, 1, generator=g, dtype=torch.float64)).squeeze(-1)
