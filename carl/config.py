@@ -170,7 +170,7 @@ class RecipeConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: str = "runs/default"
-    cache: str | None = None  # a token cache folder (`carl cache`): training reads it instead of encoding data
+    cache: str | None = None  # a token cache folder (`carl cache`) training reads instead of encoding data; `auto`: the run's own
 
 
 @dataclass(frozen=True)
