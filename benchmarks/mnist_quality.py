@@ -11,7 +11,11 @@ digit, and the script reports
 * accuracy: the share of generated samples the CNN classifies as their conditioning label;
 * FD(gen, real): the Frechet distance between the CNN's penultimate features of generated
   digits and of real held-out digits, next to FD(real, real) between two halves of the held-out
-  digits (same sample sizes), the floor a perfect generator would reach.
+  digits (same sample sizes);
+* the floors a faithful generator can reach: the accuracy and FD of as many real digits the CNN
+  never trained on (training digits), as they are and through the model's tokenizer. They sit
+  well above FD(real, real), which compares digits the CNN was trained on: its features of its
+  own training digits are tighter than of any others, and generated digits are never among them.
 
 Sampling settings are chosen with ``--reference tuning``: the classifier and the FD reference
 are then 2,000 of the 8,000 *training* digits (a fixed draw, seed 1), so the benchmark's held-out
@@ -135,21 +139,57 @@ def generate_digits(model, per_class: int, *, cfg: float, temperature: float, st
     return torch.cat(out).clamp(0, 1).cpu(), labels, seconds
 
 
-def evaluate(model, cnn: DigitCNN, *, per_class: int, cfg: float, temperature: float, steps: int, seed: int = 0,
-             cfg_schedule: str = "linear", reference: str = "heldout") -> dict:
+def mixed(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` of ``rows`` in a seeded random order: the digits are grouped by label, so a prefix of
+    fewer than all of them would hold only the first digits."""
+    return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def reference_halves(cnn: DigitCNN, reference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CNN features of the reference digits in two interleaved halves (the archive is grouped
+    by label, so contiguous halves would split the classes); FD(gen, real) compares with the first."""
     images, _ = reference_digits(reference)
     _, real_feats = predict(cnn, as_tensor(images))
-    # Interleaved halves: the archive is grouped by label, so contiguous halves would split the classes.
-    half_a, half_b = real_feats[0::2], real_feats[1::2]
+    return real_feats[0::2], real_feats[1::2]
+
+
+@torch.no_grad()
+def unseen_floors(model, cnn: DigitCNN, *, reference: str = "heldout", num: int = 1000, seed: int = 0) -> dict:
+    """The figures a faithful generator can reach: ``num`` real digits the CNN never trained on
+    (the reference's complement), as they are and decoded from the model's tokens of them.
+
+    FD(real, real) compares two halves of the reference, digits the CNN was trained on, and the
+    CNN's features sit closer together on its own training digits than on any others: the
+    generator's samples are never among them, so their floor is this one, not FD(real, real)."""
+    images, labels = reference_digits(reference, complement=True)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(images))[:num])
+    real, labels = as_tensor(images[pick]), torch.from_numpy(labels[pick]).long()
+    tokenizer = model.tokenizer
+    device = next(model.parameters()).device
+    decoded = torch.cat([tokenizer.decode(tokenizer.encode(real[i : i + 500].to(device))).float().clamp(0, 1).cpu()
+                         for i in range(0, len(real), 500)])
+    half_a, _ = reference_halves(cnn, reference)
+    floors = {}
+    for name, x in (("real", real), ("reconstructed", decoded)):
+        pred, feats = predict(cnn, x)
+        n = min(len(feats), len(half_a))
+        floors[name] = {"accuracy": (pred == labels).float().mean().item(),
+                        "fd": frechet_distance(mixed(feats, n, seed), mixed(half_a, n, seed))}
+    return floors
+
+
+def evaluate(model, cnn: DigitCNN, *, per_class: int, cfg: float, temperature: float, steps: int, seed: int = 0,
+             cfg_schedule: str = "linear", reference: str = "heldout") -> dict:
+    half_a, half_b = reference_halves(cnn, reference)
     samples, labels, seconds = generate_digits(model, per_class, cfg=cfg, temperature=temperature, steps=steps, seed=seed,
                                                cfg_schedule=cfg_schedule)
     pred, gen_feats = predict(cnn, samples)
     n = min(len(gen_feats), len(half_a))
-    pick = torch.randperm(len(gen_feats), generator=torch.Generator().manual_seed(seed))[:n]  # all classes
+    real_a, real_b = mixed(half_a, n, seed), mixed(half_b, n, seed)  # with n = all of a half, the same sets as before
     return {
         "accuracy": (pred == labels).float().mean().item(),
-        "fd_gen_real": frechet_distance(gen_feats[pick], half_a[:n]),
-        "fd_real_real": frechet_distance(half_b[:n], half_a[:n]),
+        "fd_gen_real": frechet_distance(mixed(gen_feats, n, seed), real_a),
+        "fd_real_real": frechet_distance(real_b, real_a),
         "seconds_per_image": seconds,
         "samples": samples,
     }
@@ -212,6 +252,15 @@ def main() -> None:
     real_acc = (pred == torch.from_numpy(other_labels)).float().mean().item()
     print(f"classifier: trained on the {args.reference} reference ({TUNING} digits) in {time.perf_counter() - start:.1f}s, "
           f"accuracy {real_acc:.2%} on {len(other_images)} other real digits")
+    floors = unseen_floors(model, cnn, reference=args.reference, num=10 * args.per_class, seed=args.seed)
+    print(f"floors: {10 * args.per_class} real digits the classifier never trained on: accuracy {floors['real']['accuracy']:.2%}, "
+          f"FD {floors['real']['fd']:.2f}; the same digits through the model's tokenizer: accuracy "
+          f"{floors['reconstructed']['accuracy']:.2%}, FD {floors['reconstructed']['fd']:.2f} (FD(real, real) compares "
+          f"digits the classifier trained on)")
+    if args.record:
+        floor_settings = f"{10 * args.per_class} real digits unseen by the classifier, {args.reference} reference, seed {args.seed}"
+        record_results(args.checkpoint, {f"MNIST FD floor ({floor_settings})": round(floors["real"]["fd"], 2),
+                                         f"MNIST FD floor, through the tokenizer ({floor_settings})": round(floors["reconstructed"]["fd"], 2)})
 
     print(f"model {args.checkpoint}: {10 * args.per_class} samples per row")
     print("| steps | cfg | schedule | temperature | head sampler | accuracy on generated | FD(gen, real) | FD(real, real) | s / image |")

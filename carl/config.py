@@ -170,7 +170,7 @@ class RecipeConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: str = "runs/default"
-    cache: str | None = None  # a token cache folder (`carl cache`): training reads it instead of encoding data
+    cache: str | None = None  # a token cache folder (`carl cache`) training reads instead of encoding data; `auto`: the run's own
 
 
 @dataclass(frozen=True)
@@ -276,6 +276,9 @@ def _component(kind: str, data: Any, path: str) -> Component:
     return Component(name, from_dict(config_cls, options, path))
 
 
+YAML_BOOLS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:  # a typed value with a range: Annotated[float, at.Gt(0)]
@@ -295,6 +298,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 errors.append(str(exc))
         raise RecipeError(errors[0])
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/false as False (and yes/on/true as True)
+            value = next((a for a in args if isinstance(a, str) and a.lower() in YAML_BOOLS[value]), value)
         if value not in args:
             raise RecipeError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -74,6 +74,19 @@ def test_wrong_types(section, key, value, match):
         from_dict(RecipeConfig, data)
 
 
+def test_an_unquoted_no_is_the_word_no():
+    """Regression: YAML 1.1 reads `train.mixed_precision=no` (and `mixed_precision: no` in a file)
+    as False, which the recipe refused ("False is not one of 'no', ..."), so fp32 could not be asked for."""
+    cfg = from_dict(RecipeConfig, apply_overrides(base(), ["train.mixed_precision=no"]))
+    assert cfg.train.mixed_precision == "no"
+    data = base()
+    data["train"] = parse_yaml("mixed_precision: no\n")
+    assert from_dict(RecipeConfig, data).train.mixed_precision == "no"
+    data["train"] = {"mixed_precision": True}  # no option spells true
+    with pytest.raises(RecipeError, match=r"train\.mixed_precision: True is not one of"):
+        from_dict(RecipeConfig, data)
+
+
 def test_invalid_value_inside_component():
     data = base()
     data["model"]["score"]["alpha"] = 3.0

@@ -53,12 +53,13 @@ def cache(
 ) -> None:
     """Encode RECIPE's training data once with its tokenizer into a token cache (resumes if interrupted)."""
     from carl.config import load_recipe
-    from carl.training.cache import build_cache
+    from carl.training.cache import AUTO, build_cache
 
     cfg = load_recipe(recipe, overrides or [])
-    folder = output or (Path(cfg.cache) if cfg.cache else None)
+    folder = output or (Path(cfg.cache) if cfg.cache and cfg.cache != AUTO else None)
     if folder is None:
-        raise CarlError("the recipe sets no `cache` folder: pass --output DIR (and set cache=DIR when training)")
+        why = "`cache: auto`, which each training run encodes into its own output folder" if cfg.cache else "no `cache` folder"
+        raise CarlError(f"the recipe sets {why}: pass --output DIR (and set cache=DIR when training)")
     build_cache(cfg, folder, batch_size=batch_size, shard_size=shard_size)
     typer.echo(f"token cache: {folder} (train with cache={folder})")
 

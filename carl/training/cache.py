@@ -4,7 +4,7 @@
 ``.tmp`` name and renamed when complete), the tokenizer's state (``tokenizer.safetensors``,
 so training decodes with exactly the weights that encoded) and ``cache.json`` once every row is
 there. An interrupted run resumes at the first missing shard. Training reads the cache when the
-recipe's ``cache`` folder is complete.
+recipe's ``cache`` folder is complete; ``cache: auto`` gives a run its own (:func:`run_cache`).
 """
 
 from __future__ import annotations
@@ -13,22 +13,26 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import datasets
+from accelerate import PartialState
 from datasets import Array2D, Array3D, Array4D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
 from carl.config import RecipeConfig, to_dict
 from carl.errors import CarlError
-from carl.layout import CACHE_MANIFEST, CACHE_TOKENIZER_FILE, shard_name
+from carl.layout import CACHE_MANIFEST, CACHE_TOKENIZER_FILE, RUN_TOKEN_CACHE, shard_name
 from carl.progress import bar as progress_bar
 from carl.tokenizers.base import Tokenizer, prepare_tokenizer
 from carl.training.checks import check_data_fits
 
 ARRAYS = {2: Array2D, 3: Array3D, 4: Array4D}
+AUTO = "auto"  # `cache: auto`: the run's own cache in its output folder
 
 
 def cache_key(cfg: RecipeConfig) -> dict:
@@ -44,6 +48,19 @@ def _features(columns: dict[str, np.ndarray]) -> Features:
         else:
             features[name] = ARRAYS[values.ndim - 1](values.shape[1:], "float32")
     return Features(features)
+
+
+@contextmanager
+def quiet_datasets(quiet: bool):
+    """Without ``datasets``' own progress bars (``Saving the dataset ...``) where carl shows none."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_size: int = 4096, progress: bool = True) -> Path:
@@ -95,13 +112,30 @@ def build_cache(cfg: RecipeConfig, folder: Path, *, batch_size: int = 64, shard_
         final = folder / shard_name(index)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        Dataset.from_dict(arrays, features=_features(arrays)).save_to_disk(str(tmp))
+        with quiet_datasets(not progress):
+            Dataset.from_dict(arrays, features=_features(arrays)).save_to_disk(str(tmp))
         os.replace(tmp, final)
         if progress and bar.disable:  # not a terminal: one plain line per shard instead of bar redraws
             print(f"caching: shard {index + 1}/{len(shards)} written ({min(begin + shard_size, len(dataset))}/{len(dataset)} "
                   f"items, {rows / (time.perf_counter() - start):.1f} items/s)", flush=True)
     bar.close()
     manifest.write_text(json.dumps({"key": cache_key(cfg), "rows": len(dataset), "shards": len(shards)}, indent=2))
+    return folder
+
+
+def run_cache(cfg: RecipeConfig) -> Path:
+    """``cache: auto``: the run's own token cache, ``<output>/token-cache``. The frozen tokenizer
+    would otherwise encode every item again in every epoch; encoded once before the first step (by
+    the main process while the others wait), it is read again by ``--resume`` and cleared by
+    ``--overwrite``."""
+    folder = Path(cfg.output) / RUN_TOKEN_CACHE
+    with PartialState().main_process_first():
+        if not is_complete(folder):
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):  # the model's initialisation must not depend on whether it ran
+                build_cache(cfg, folder, progress=False)
+            rows = json.loads((folder / CACHE_MANIFEST).read_text())["rows"]
+            print(f"carl: encoded the {rows} training items once into {folder} in {time.perf_counter() - start:.1f} s", flush=True)
     return folder
 
 

@@ -21,12 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from carl.layout import (
+    CACHE_MANIFEST,
     CARD_FILE,
     CHECKPOINTS,
     CONFIG_FILE,
     LOGS,
     RECIPE_FILE,
     REQUIREMENTS_FILE,
+    RUN_TOKEN_CACHE,
     SAMPLES_DIR,
     SAMPLES_FILE,
     WEIGHTS_FILE,
@@ -209,6 +211,8 @@ def files_written(output: Path, folder: tuple[str, str] | None = None) -> list[s
     checkpoints = sorted(p.name for p in (output / CHECKPOINTS).glob("step-*") if p.is_dir() and step_of(p) is not None)
     if checkpoints:
         lines.append(f"{CHECKPOINTS + '/':14s} {', '.join(checkpoints)}  (continue with --resume)")
+    if (output / RUN_TOKEN_CACHE / CACHE_MANIFEST).exists():
+        lines.append(f"{RUN_TOKEN_CACHE + '/':14s} the training data, encoded once (cache: auto; safe to delete after the run)")
     return lines
 
 

@@ -15,7 +15,7 @@ from carl.model import ContinuousAR, open_model
 from carl.model.folder import write_model_folder_extras
 from carl.model.samples import save_sample_grid
 from carl.tokenizers.base import prepare_tokenizer
-from carl.training.cache import is_complete, load_cache
+from carl.training.cache import AUTO, is_complete, load_cache, run_cache
 from carl.training.checks import check_data_fits
 from carl.training.jobs.base import Job
 from carl.weights import load_strict
@@ -62,12 +62,13 @@ class ARJob(Job):
         every = cfg.eval.every_epochs
         self.metric = cfg.eval.metric.build("metrics") if every else None
         self.cached_tokenizer = None  # the tokenizer state a token cache was encoded with
+        self.cache_folder: Path | None = None
 
     def dataset(self, source: DataSource):
         """The data source's ``train`` split, or the rows of the recipe's token cache (``cache:``)."""
         if self.cfg.cache is None:
             return source.dataset("train")
-        folder = Path(self.cfg.cache)
+        folder = self.cache_folder = run_cache(self.cfg) if self.cfg.cache == AUTO else Path(self.cfg.cache)
         if not is_complete(folder):
             raise CarlError(f"the recipe reads the token cache {folder}, which is not complete: "
                             f"run `carl cache` with this recipe first (it resumes where it stopped)")
@@ -98,7 +99,7 @@ class ARJob(Job):
             state = model.tokenizer.state_dict()
             if state.keys() != self.cached_tokenizer.keys() or any(
                     not torch.equal(state[k], self.cached_tokenizer[k]) for k in state):
-                raise CarlError(f"the token cache {self.cfg.cache} was encoded by another tokenizer state than the one "
+                raise CarlError(f"the token cache {self.cache_folder} was encoded by another tokenizer state than the one "
                                 f"train.init_from {self.cfg.train.init_from} holds: rebuild the cache with `carl cache`")
         model.tokenizer.load_state_dict(self.cached_tokenizer)
 
