@@ -16,9 +16,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
-import datasets
 from accelerate import PartialState
 from datasets import Array2D, Array3D, Array4D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 from safetensors.torch import load_file, save_file
