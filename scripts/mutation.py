@@ -81,7 +81,8 @@ MODULES: dict[str, Module] = {
                      "tests/test_progress.py", "tests/test_data.py", "tests/test_cli.py::test_cli_errors_are_one_line",
                      "tests/test_cli.py::test_the_command_line_passes_on_an_exit_code_typer_returns",
                      "plugins/image_ear/tests/test_cache.py", "plugins/image_ear/tests/test_eval.py")),
-    "convert": Module(("carl_image_ear/convert.py",), ("plugins/image_ear/tests/test_convert.py",)),
+    "convert": Module(("carl_image_ear/convert.py",), ("plugins/image_ear/tests/test_convert.py",
+                                                       "plugins/image_ear/tests/test_convert_official_sizes.py")),
     "kl16": Module(("carl_image_ear/kl16.py",), ("plugins/image_ear/tests/test_kl16.py",)),
 }
 PLUGINS = {"carl_image_ear": "plugins/image_ear/carl_image_ear", "carl_timeseries": "plugins/timeseries/carl_timeseries"}

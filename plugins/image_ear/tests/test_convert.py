@@ -3,8 +3,6 @@ hidden states and loss with an independent reading of the official architecture.
 
 import argparse
 import dataclasses
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,77 +16,7 @@ from carl.model import load_model
 from carl.orders.base import Plan
 from carl.plugins import register_commands
 from carl_image_ear.kl16 import KL16Config, KL16Tokenizer
-
-WIDTH, DEPTH, HEADS, HEAD_W, NOISE, BUFFER, N, D = 128, 2, 2, 64, 8, 4, 256, 16
-
-
-def random_maker(seed: int | None):
-    """Small random tensors, or (``seed`` None) shape-only meta tensors for official-size layouts."""
-    if seed is None:
-        return lambda *shape: torch.empty(*shape, device="meta")
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return 0.05 * torch.randn(*shape, generator=g)
-
-    return r
-
-
-def vit_block_state(prefix: str, r, w: int = WIDTH) -> dict:
-    return {f"{prefix}.norm1.weight": 1 + r(w), f"{prefix}.norm1.bias": r(w), f"{prefix}.attn.qkv.weight": r(3 * w, w),
-            f"{prefix}.attn.qkv.bias": r(3 * w), f"{prefix}.attn.proj.weight": r(w, w), f"{prefix}.attn.proj.bias": r(w),
-            f"{prefix}.norm2.weight": 1 + r(w), f"{prefix}.norm2.bias": r(w), f"{prefix}.mlp.fc1.weight": r(4 * w, w),
-            f"{prefix}.mlp.fc1.bias": r(4 * w), f"{prefix}.mlp.fc2.weight": r(w, 4 * w), f"{prefix}.mlp.fc2.bias": r(w)}
-
-
-def head_state(p: str, r, first: dict, out: int, w: int = HEAD_W, depth: int = 2) -> dict:
-    """An AdaLN MLP head (EAR's generator or MAR's denoiser): ``first`` holds its input layers."""
-    sd = dict(first)
-    sd |= {f"{p}.final_layer.linear.weight": r(out, w), f"{p}.final_layer.linear.bias": r(out),
-           f"{p}.final_layer.adaLN_modulation.1.weight": r(2 * w, w), f"{p}.final_layer.adaLN_modulation.1.bias": r(2 * w)}
-    for i in range(depth):
-        b = f"{p}.res_blocks.{i}"
-        sd |= {f"{b}.in_ln.weight": 1 + r(w), f"{b}.in_ln.bias": r(w), f"{b}.mlp.0.weight": r(w, w),
-               f"{b}.mlp.0.bias": r(w), f"{b}.mlp.2.weight": r(w, w), f"{b}.mlp.2.bias": r(w),
-               f"{b}.adaLN_modulation.1.weight": r(3 * w, w), f"{b}.adaLN_modulation.1.bias": r(3 * w)}
-    return sd
-
-
-def official_ear_state(seed: int | None, width=WIDTH, depth=DEPTH, head_depth=2, head_width=HEAD_W, positions=BUFFER + N,
-                       classes=10, noise=NOISE) -> dict:
-    """An EAR checkpoint in the official key layout: random (small sizes) or, seed None, meta tensors."""
-    r = random_maker(seed)
-    sd = {"fake_latent": r(1, width), "mask_token": r(1, 1, width), "decoder_pos_embed_learned": r(1, positions, width),
-          "class_emb.weight": r(classes, width), "z_proj.weight": r(width, D), "z_proj.bias": r(width),
-          "decoder_norm.weight": 1 + r(width), "decoder_norm.bias": r(width)}
-    for i in range(depth):
-        sd |= vit_block_state(f"decoder_blocks.{i}", r, width)
-    p = "scoreloss.net"
-    return sd | head_state(p, r, {f"{p}.noise_embed.weight": r(head_width, noise), f"{p}.noise_embed.bias": r(head_width),
-                                  f"{p}.input_proj.weight": r(head_width, width), f"{p}.input_proj.bias": r(head_width)},
-                           D, head_width, head_depth)
-
-
-def official_mar_state(seed: int | None, width=WIDTH, depth=DEPTH, head_depth=2, head_width=HEAD_W, positions=BUFFER + N,
-                       classes=10) -> dict:
-    """A MAR checkpoint in the official key layout (encoder and decoder of ``depth`` blocks each)."""
-    r = random_maker(seed)
-    w = width
-    sd = {"fake_latent": r(1, w), "mask_token": r(1, 1, w), "encoder_pos_embed_learned": r(1, positions, w),
-          "decoder_pos_embed_learned": r(1, positions, w), "diffusion_pos_embed_learned": r(1, N, w),
-          "class_emb.weight": r(classes, w), "z_proj.weight": r(w, D), "z_proj.bias": r(w),
-          "z_proj_ln.weight": 1 + r(w), "z_proj_ln.bias": r(w), "encoder_norm.weight": 1 + r(w),
-          "encoder_norm.bias": r(w), "decoder_embed.weight": r(w, w), "decoder_embed.bias": r(w),
-          "decoder_norm.weight": 1 + r(w), "decoder_norm.bias": r(w)}
-    for i in range(depth):
-        sd |= vit_block_state(f"encoder_blocks.{i}", r, w) | vit_block_state(f"decoder_blocks.{i}", r, w)
-    p = "diffloss.net"
-    hw = head_width
-    return sd | head_state(p, r, {
-        f"{p}.time_embed.mlp.0.weight": r(hw, 256), f"{p}.time_embed.mlp.0.bias": r(hw),
-        f"{p}.time_embed.mlp.2.weight": r(hw, hw), f"{p}.time_embed.mlp.2.bias": r(hw),
-        f"{p}.cond_embed.weight": r(hw, w), f"{p}.cond_embed.bias": r(hw),
-        f"{p}.input_proj.weight": r(hw, D), f"{p}.input_proj.bias": r(hw)}, 2 * D, hw, head_depth)
+from official_checkpoints import BUFFER, D, DEPTH, HEAD_W, HEADS, N, NOISE, WIDTH, official_ear_state, official_mar_state
 
 
 @pytest.fixture(scope="module")
@@ -361,104 +289,7 @@ def test_an_explicit_lr_is_kept_and_without_args_the_data_is_imagenet(converted,
 
 
 # ---------------------------------------------------------------------------------------------
-# The official sizes: configs read from shapes alone (meta tensors, no memory), settings from args
-
-
-DATA = Path(__file__).parent / "data"
-# models/ear.py and models/mar.py (width, depth, heads) and the READMEs' heads (scoreloss_d/_w, diffloss_d/_w)
-OFFICIAL = {  # name: (width, decoder depth, encoder depth, attention heads, head depth, head width)
-    "ear_base": (768, 24, 0, 12, 6, 1024), "ear_large": (1024, 32, 0, 16, 8, 1280), "ear_huge": (1280, 40, 0, 16, 12, 1536),
-    "mar_base": (768, 12, 12, 12, 6, 1024), "mar_large": (1024, 16, 16, 16, 8, 1280), "mar_huge": (1280, 20, 20, 16, 12, 1536),
-}
-
-
-def read_layout(name: str) -> dict[str, tuple[int, ...]]:
-    layout = {}
-    for line in (DATA / name).read_text().splitlines():
-        if match := re.match(r"(\S+) \(([\d, ]*)\)", line):
-            layout[match[1]] = tuple(int(x) for x in match[2].split(",") if x.strip())
-    return layout
-
-
-def official_state(name: str, positions: int = 64 + 256) -> dict:
-    """Meta tensors in the layout of the official checkpoint of model ``name`` (ImageNet: 1000 classes)."""
-    width, depth, _, _, head_depth, head_width = OFFICIAL[name]
-    make = official_ear_state if name.startswith("ear") else official_mar_state
-    return make(None, width=width, depth=depth, head_depth=head_depth, head_width=head_width, positions=positions, classes=1000,
-                **({"noise": 64} if name.startswith("ear") else {}))
-
-
-def official_kl16_options() -> dict:
-    from carl_image_ear.convert import kl16_options
-
-    return kl16_options({k: torch.empty(shape, device="meta") for k, shape in read_layout("kl16_vae_layout.txt").items()})
-
-
-def test_kl16_architecture_is_read_from_the_official_layout():
-    """MAR's kl16.ckpt: AutoencoderKL(ch=128, ch_mult=(1, 1, 2, 2, 4), 2 res blocks, attention at 16 x 16, 16 channels)."""
-    assert official_kl16_options() == {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_levels": [4], "z_channels": 16}
-
-
-@pytest.mark.parametrize("name, layout, tensors, parameters", [
-    ("ear_base", "ear_b_layout.txt", 352, 205_608_720), ("mar_base", "mar_b_layout.txt", 364, 207_924_768)])
-def test_the_official_size_layouts_here_are_the_official_ones(name, layout, tensors, parameters):
-    state, reference = official_state(name), read_layout(layout)
-    assert {k: tuple(state[k].shape) for k in reference} == reference
-    assert set(state) - set(reference) <= {k for k in state if re.search(r"(blocks|res_blocks)\.[1-9]\d*\.", k)}
-    assert (len(state), sum(v.numel() for v in state.values())) == (tensors, parameters)
-
-
-@pytest.mark.parametrize("name", OFFICIAL)
-@pytest.mark.parametrize("with_model_name", [False, True], ids=["no-args", "args-model"])
-def test_official_sizes_convert_to_the_papers_configs_with_the_official_defaults(name, with_model_name):
-    from carl_image_ear.convert import ear_model_config, mar_model_config
-
-    width, depth, encoder_depth, heads, head_depth, head_width = OFFICIAL[name]
-    args = argparse.Namespace(model=name) if with_model_name else None
-    ear = name.startswith("ear")
-    c = (ear_model_config if ear else mar_model_config)(official_state(name), args, official_kl16_options())
-    b, s = c.backbone, c.score.options
-    assert (b.width, b.depth, b.encoder_depth, b.heads, b.mlp_ratio, b.dropout, b.attn_dropout) == (width, depth, encoder_depth, heads, 4.0, 0.1, 0.1)
-    assert (s.depth, s.width) == (head_depth, head_width)
-    assert (c.conditioner.options.num_classes, c.conditioner.options.buffer, c.conditioner.options.label_drop) == (1000, 64, 0.1)
-    assert c.tokenizer.options == KL16Config(image_size=256) and c.order.options.mask_ratio_min == 0.7
-    if ear:  # main_ear.py's defaults, with the README's --score_batch_mul 2
-        assert (c.score.name, s.alpha, s.num_samples, s.batch_mul, s.train_temperature, s.noise_dim) == ("energy", 1.0, 2, 2, 1.0, 64)
-        from carl.config import load_recipe
-
-        shipped = load_recipe(f"ear-{name[4]}-in256").model  # the paper's recipe of the same model
-        assert c == dataclasses.replace(shipped, tokenizer=dataclasses.replace(shipped.tokenizer, options=c.tokenizer.options))
-    else:  # main_mar.py's 100 sampling steps, with the README's --diffusion_batch_mul 4
-        assert (c.score.name, s.batch_mul, s.sample_steps) == ("diffusion", 4, 100)
-
-
-@pytest.mark.parametrize("kind", ["ear", "mar"])
-def test_args_that_name_another_size_than_the_weights_are_refused(kind):
-    from carl.errors import WeightsError
-    from carl_image_ear.convert import ear_model_config, mar_model_config
-
-    make = ear_model_config if kind == "ear" else mar_model_config
-    with pytest.raises(WeightsError, match=f"args name model '{kind}_large' \\(width 1024\\) but its weights have width 768"):
-        make(official_state(f"{kind}_base"), argparse.Namespace(model=f"{kind}_large"), official_kl16_options())
-    with pytest.raises(WeightsError, match=f"args name model '{kind}_xl', not an official size"):
-        make(official_state(f"{kind}_base"), argparse.Namespace(model=f"{kind}_xl"), official_kl16_options())
-
-
-def test_every_setting_comes_from_the_args():
-    """A 512-pixel run with a buffer of 32 and every setting off its default: each one is taken from the args."""
-    from carl_image_ear.convert import ear_model_config, mar_model_config
-
-    common = dict(img_size=512, buffer_size=32, label_drop_prob=0.2, mask_ratio_min=0.5, proj_dropout=0.0, attn_dropout=0.05)
-    positions = 32 + (512 // 16) ** 2
-    ear = ear_model_config(official_state("ear_base", positions), argparse.Namespace(
-        **common, alpha=1.5, score_batch_mul=4, train_temperature=0.99), official_kl16_options())
-    mar = mar_model_config(official_state("mar_base", positions), argparse.Namespace(
-        **common, diffusion_batch_mul=1, num_sampling_steps="250"), official_kl16_options())
-    for c in (ear, mar):
-        assert (c.tokenizer.options.image_size, c.conditioner.options.buffer, c.conditioner.options.label_drop) == (512, 32, 0.2)
-        assert (c.order.options.mask_ratio_min, c.backbone.dropout, c.backbone.attn_dropout) == (0.5, 0.0, 0.05)
-    assert (ear.score.options.alpha, ear.score.options.batch_mul, ear.score.options.train_temperature) == (1.5, 4, 0.99)
-    assert (mar.score.options.batch_mul, mar.score.options.sample_steps) == (1, 250)
+# Checkpoints and VAEs that do not fit (the official sizes: test_convert_official_sizes.py)
 
 
 @pytest.mark.parametrize("kind", ["ear", "mar"])
@@ -481,37 +312,6 @@ def test_a_vae_that_does_not_fit_is_refused_naming_the_file(converted, tmp_path)
     result = CliRunner().invoke(app, ["convert", "ear", str(tmp / "checkpoint-last.pth"), str(tmp_path / "out"), "--vae", str(tmp_path), "--heads", "2"])
     assert result.exit_code != 0
     assert str(result.exception) == f"{tmp_path / 'kl16.ckpt'} does not fit KL16Tokenizer: 1 unexpected: extra.weight"
-
-
-# ---------------------------------------------------------------------------------------------
-# `carl convert kl16`
-
-
-KL16_SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), z_channels=4)
-
-
-def test_kl16_converts_any_architecture_into_a_folder_it_creates_or_reuses(tmp_path):
-    from carl_image_ear.convert import convert_kl16
-
-    state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
-    torch.save({"model": state}, tmp_path / "kl16.ckpt")
-    written = convert_kl16(str(tmp_path), tmp_path / "new" / "vae")  # a folder holding kl16.ckpt; parents created
-    assert written == tmp_path / "new" / "vae" / "kl16.safetensors"
-    converted = load_file(written)
-    assert converted.keys() == state.keys() and all(torch.equal(converted[k], v) for k, v in state.items())
-    assert convert_kl16(str(tmp_path / "kl16.ckpt"), tmp_path / "new" / "vae") == written  # again, into the same folder
-
-
-def test_kl16_that_does_not_fit_its_own_shapes_is_refused_naming_file_key_and_shapes(tmp_path):
-    from carl.errors import WeightsError
-    from carl_image_ear.convert import convert_kl16
-
-    state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
-    state["post_quant_conv.weight"] = torch.zeros(4, 8, 1, 1)  # 4 latent channels elsewhere
-    torch.save({"model": state}, tmp_path / "bad.ckpt")
-    with pytest.raises(WeightsError) as err:
-        convert_kl16(str(tmp_path / "bad.ckpt"), tmp_path / "out")
-    assert str(err.value) == f"{tmp_path / 'bad.ckpt'} does not fit KL16Tokenizer: 1 shape: post_quant_conv.weight (4, 8, 1, 1) != (4, 4, 1, 1)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,19 +342,6 @@ def test_the_mar_recipe_samples_with_the_mar_readme_s_settings(converted_mar):
     from carl.config import load_recipe
 
     assert recipe.sample == dataclasses.replace(load_recipe("ear-b-in256").sample, temperature=1.0, num_steps=256, cfg=2.9)
-
-
-def test_kl16_with_a_level_narrower_than_its_input_width_is_refused_as_a_config_error(tmp_path):
-    """Its widths give ch_mult 0 for that level: the KL-16 config refuses it before any weights are compared."""
-    from carl.errors import FieldError
-    from carl_image_ear.convert import convert_kl16
-
-    state = KL16Tokenizer(KL16Config(image_size=32, **KL16_SMALL)).state_dict()
-    state["encoder.down.1.block.0.conv1.weight"] = torch.zeros(16, 32, 3, 3)  # 16 < ch = 32 channels
-    torch.save({"model": state}, tmp_path / "narrow.ckpt")
-    with pytest.raises(FieldError, match=r"^ch_mult\[1\] 0 is out of range; allowed: >= 1$"):
-        convert_kl16(str(tmp_path / "narrow.ckpt"), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 def test_the_recipe_samples_with_each_paper_s_settings(converted, tmp_path):
