@@ -41,9 +41,9 @@ LOCK_FILE = "lock"
 LOGS = "logs"
 SAMPLES_DIR = "samples"
 CHECKPOINTS = "checkpoints"
+RUN_TOKEN_CACHE = "token-cache"  # `cache: auto`: the run's own token cache
 # Every top-level entry a training run writes: what `--overwrite` clears in carl's own run and
 # moves aside (NAME.orig) in a folder that is not.
-RUN_TOKEN_CACHE = "token-cache"  # `cache: auto`: the run's own token cache
 RUN_OUTPUTS = (CHECKPOINTS, SAMPLES_DIR, LOGS, SAMPLES_FILE, RECONSTRUCTIONS_FILE, CONFIG_FILE, WEIGHTS_FILE, RECIPE_FILE,
                REQUIREMENTS_FILE, RESULTS_FILE, CARD_FILE, RUN_TOKEN_CACHE)
 
